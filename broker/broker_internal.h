@@ -1,0 +1,248 @@
+/* Types shared by the broker loop's files (broker.c, connection.c,
+ * session.c and the packet handlers). Everything here belongs to one loop
+ * and is touched only by that loop's thread. */
+#ifndef RMQ_BROKER_BROKER_INTERNAL_H
+#define RMQ_BROKER_BROKER_INTERNAL_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker/broker.h"
+#include "broker/message.h"
+#include "broker/metrics.h"
+#include "broker/packet_codec.h"
+#include "common/timer_wheel.h"
+
+struct hashmap;
+struct topic_tree;
+struct retain_store;
+struct evconnlistener;
+struct session;
+
+#define BROKER_READ_BUFFER (64u * 1024u)
+
+/* Why a connection ended; decides whether the will is published and is
+ * what later offline events report. */
+enum close_reason {
+    CLOSE_NORMAL,            /* DISCONNECT received */
+    CLOSE_SOCKET_ERROR,      /* EOF or socket error without DISCONNECT */
+    CLOSE_PROTOCOL_ERROR,    /* malformed or illegal packet */
+    CLOSE_KEEPALIVE_TIMEOUT, /* silent beyond 1.5 x keepalive */
+    CLOSE_CONNECT_TIMEOUT,   /* no CONNECT in time */
+    CLOSE_TAKEOVER,          /* the same client id connected again */
+    CLOSE_REFUSED,           /* CONNACK with a non-zero code was sent */
+    CLOSE_SHUTDOWN,          /* broker stopping */
+};
+
+const char *close_reason_name(enum close_reason reason);
+
+enum conn_state {
+    CONN_AWAIT_CONNECT,
+    CONN_ACTIVE,
+};
+
+/* One client connection. Allocated at accept, freed by conn_close(). */
+struct conn {
+    struct broker *broker;
+    struct event ev;          /* EV_READ, plus EV_WRITE while output is blocked */
+    struct timer_entry timer; /* connect timeout, then keepalive */
+    int fd;
+    uint8_t state;            /* enum conn_state */
+    uint8_t protocol_level;
+    bool dirty;               /* on the broker's flush list */
+    bool want_write;          /* EV_WRITE armed */
+    uint16_t keepalive;       /* seconds */
+    uint64_t last_rx_ms;
+    uint64_t channel;         /* unique per connection on this node */
+    struct session *session;  /* NULL until CONNECT is accepted */
+    struct message *will;     /* NULL if none; retain/qos inside */
+
+    /* Bytes of a packet that straddled reads. */
+    uint8_t *in;
+    uint32_t in_len, in_cap;
+    uint32_t in_need;         /* total size of the pending packet, 0 if unknown */
+
+    /* Encoded packets not yet written. */
+    uint8_t *out;
+    size_t out_len, out_off, out_cap;
+
+    struct conn *dirty_next;
+    struct conn *prev, *next; /* all connections of the broker */
+    char peer[56];            /* "ip:port" for logs */
+};
+
+/* One message waiting for its acknowledgement from the client. */
+struct inflight {
+    struct message *msg; /* NULL once PUBREC arrived (QoS 2, waiting for PUBCOMP) */
+    uint16_t packet_id;
+    uint8_t qos;
+    uint8_t retain;
+};
+
+/* A message waiting for an inflight slot or for the client to come back. */
+struct queued {
+    struct queued *next;
+    struct message *msg;
+    uint8_t qos;
+    uint8_t retain;
+};
+
+struct subscription {
+    char *filter;
+    uint16_t len;
+    uint8_t qos;
+};
+
+/* MQTT session state: lives as long as the connection (clean session) or
+ * until the client cleans it (persistent session). */
+struct session {
+    char *client_id;
+    uint16_t client_id_len;
+    bool clean;
+    struct conn *conn; /* attached connection, NULL when offline */
+
+    struct subscription *subs;
+    uint32_t sub_count, sub_cap;
+
+    struct inflight *inflight; /* oldest first */
+    uint16_t inflight_count, inflight_cap;
+    uint16_t next_packet_id;
+
+    struct queued *queue_head, *queue_tail;
+    uint32_t queue_len;
+
+    uint16_t *qos2_in; /* packet ids of QoS 2 publishes received, awaiting PUBREL */
+    uint16_t qos2_in_count, qos2_in_cap;
+
+    /* Fan-out bookkeeping: which publish last matched this session and at
+     * what QoS, so overlapping subscriptions deliver one copy. */
+    uint64_t match_gen;
+    uint8_t match_qos;
+};
+
+/* One publish being routed: the message object is made lazily, only when a
+ * subscriber must keep it (queue, inflight) or it is retained. */
+struct route {
+    const char *topic;
+    uint16_t topic_len;
+    const uint8_t *payload;
+    uint32_t payload_len;
+    uint8_t qos;
+    bool retain;
+    struct message *msg; /* owned reference once made */
+};
+
+struct listener_slot {
+    struct broker *broker;
+    struct evconnlistener *lev;
+    struct event *resume; /* re-enables accept after EMFILE */
+    char *address;
+};
+
+struct broker {
+    struct event_base *base;
+    const struct broker_config *cfg;
+    struct hashmap *sessions; /* client id -> struct session */
+    struct topic_tree *subs;  /* filter -> struct session */
+    struct retain_store *retained;
+    struct timer_wheel *wheel;
+    struct event *tick_ev;
+    struct event *flush_ev;
+    struct event *sys_ev;
+    struct listener_slot *listeners;
+    size_t listener_count;
+
+    struct conn *conns; /* every connection */
+    struct conn *dirty; /* connections with output to flush */
+    size_t conn_count, connected_count;
+
+    uint64_t now_ms; /* monotonic, refreshed at each callback */
+    uint64_t started_ms;
+    uint64_t next_channel;
+    uint64_t next_client_id;
+    uint64_t match_gen;
+
+    /* Sessions matched by the publish being routed. */
+    struct session **matched;
+    size_t matched_count, matched_cap;
+
+    uint8_t *rbuf; /* shared read buffer */
+    struct broker_metrics metrics;
+};
+
+static inline uint64_t
+broker_now(struct broker *b)
+{
+    return b->now_ms;
+}
+
+void broker_refresh_clock(struct broker *b);
+
+/* ---- connection.c ---- */
+
+/* Takes ownership of fd (non-blocking) and starts reading. */
+void conn_accept(struct broker *b, int fd, const char *peer);
+
+/* Appends bytes to the output; the flush happens once per loop iteration. */
+enum rmq_status conn_write(struct conn *c, const void *data, size_t len);
+
+/* Reserves n bytes at the end of the output and returns them to fill. */
+uint8_t *conn_reserve(struct conn *c, size_t n);
+
+/* Ends the connection: publishes the will unless reason is CLOSE_NORMAL or
+ * CLOSE_SHUTDOWN, detaches (and for clean sessions destroys) the session,
+ * frees c. c is invalid afterwards. */
+void conn_close(struct conn *c, enum close_reason reason);
+
+/* Writes every dirty connection's output. */
+void conn_flush_all(struct broker *b);
+
+/* ---- handlers (handle_*.c): one per packet type family ---- */
+
+enum rmq_status handle_connect(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_publish(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_puback(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_pubrec(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_pubrel(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_pubcomp(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_subscribe(struct conn *c, const struct mqtt_packet *p);
+enum rmq_status handle_unsubscribe(struct conn *c, const struct mqtt_packet *p);
+
+/* Routes a publish to every matching session, and stores it when retained.
+ * Takes nothing: r->msg (if made) is released by the call. */
+void broker_route(struct broker *b, struct route *r);
+
+/* ---- session.c ---- */
+
+struct session *session_new(const char *client_id, size_t len, bool clean);
+
+/* Removes the session's subscriptions from the tree and frees everything. */
+void session_free(struct broker *b, struct session *s);
+
+/* Delivers a message to the session at qos (already capped by the
+ * subscription): sent now, queued, or dropped (counted) when the queue is
+ * full. `retain` is the RETAIN flag to put on the wire. */
+void session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qos,
+                     bool retain);
+
+/* After CONNACK: re-sends unacknowledged messages with DUP and PUBRELs,
+ * then fills the inflight window from the queue. */
+void session_resume(struct broker *b, struct session *s);
+
+/* Acknowledgements from the client for outgoing messages. Unknown packet
+ * ids are ignored (as Mosquitto does). */
+void session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t packet_id);
+
+/* Records a subscription in the session's own list (for cleanup) */
+enum rmq_status session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos);
+bool session_remove_sub(struct session *s, const char *filter, uint16_t len);
+
+/* Incoming QoS 2 bookkeeping: returns true if packet_id was already
+ * recorded (a re-send), else records it. */
+bool session_qos2_seen(struct session *s, uint16_t packet_id, bool *nomem);
+void session_qos2_release(struct session *s, uint16_t packet_id);
+
+#endif

@@ -1,0 +1,516 @@
+/* Client connections: non-blocking socket I/O, packet framing, dispatch to
+ * the handlers, output batching and the connection's one timer.
+ *
+ * Reading: each wake-up does one read(2) into the loop's shared 64 KiB
+ * buffer, decodes every complete packet in place and keeps only the tail of
+ * an incomplete packet in a per-connection buffer (so an idle connection
+ * holds no read buffer). Packets larger than the shared buffer are gathered
+ * in the connection's own buffer, sized from the fixed header.
+ *
+ * Writing: handlers append encoded packets to the connection's output and
+ * put it on the loop's dirty list; a flush event, activated once per loop
+ * iteration, writes every dirty connection with one write(2) each. Output
+ * blocked by the kernel arms EV_WRITE; output above max-output-buffer also
+ * stops reading from that client until it drains (back-pressure).
+ *
+ * Loop thread only. conn_close() frees the connection at once: callers must
+ * not touch it afterwards. */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker/broker_internal.h"
+#include "broker/retain.h"
+#include "common/hashmap.h"
+#include "common/log.h"
+
+#define OUT_KEEP_MAX (16u * 1024u) /* output buffers above this are freed once drained */
+
+const char *
+close_reason_name(enum close_reason reason)
+{
+    static const char *const names[] = {
+        [CLOSE_NORMAL] = "normal",
+        [CLOSE_SOCKET_ERROR] = "socket_error",
+        [CLOSE_PROTOCOL_ERROR] = "protocol_error",
+        [CLOSE_KEEPALIVE_TIMEOUT] = "keepalive_timeout",
+        [CLOSE_CONNECT_TIMEOUT] = "connect_timeout",
+        [CLOSE_TAKEOVER] = "takeover",
+        [CLOSE_REFUSED] = "refused",
+        [CLOSE_SHUTDOWN] = "shutdown",
+    };
+    return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "unknown";
+}
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+static void conn_on_timer(struct timer_entry *entry, uint64_t now_ms);
+
+static void
+conn_set_events(struct conn *c, bool want_read, bool want_write)
+{
+    short flags = (short)(EV_PERSIST | (want_read ? EV_READ : 0) | (want_write ? EV_WRITE : 0));
+    if (event_get_events(&c->ev) == flags)
+        return;
+    event_del(&c->ev);
+    event_assign(&c->ev, c->broker->base, c->fd, flags, conn_on_event, c);
+    event_add(&c->ev, NULL);
+}
+
+static size_t
+out_pending(const struct conn *c)
+{
+    return c->out_len - c->out_off;
+}
+
+/* Reads resume only once the output has drained below the limit. */
+static void
+conn_update_events(struct conn *c)
+{
+    bool blocked = out_pending(c) > 0 && c->want_write;
+    bool over = out_pending(c) > c->broker->cfg->max_output_buffer;
+    conn_set_events(c, !over, blocked);
+}
+
+void
+conn_accept(struct broker *b, int fd, const char *peer)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        log_error("out of memory accepting %s", peer);
+        close(fd);
+        return;
+    }
+    c->broker = b;
+    c->fd = fd;
+    c->state = CONN_AWAIT_CONNECT;
+    c->channel = ++b->next_channel;
+    c->last_rx_ms = broker_now(b);
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
+    timer_entry_init(&c->timer, conn_on_timer);
+    event_assign(&c->ev, b->base, fd, EV_READ | EV_PERSIST, conn_on_event, c);
+    if (event_add(&c->ev, NULL) != 0) {
+        log_error("cannot watch connection from %s", peer);
+        close(fd);
+        free(c);
+        return;
+    }
+    timer_wheel_schedule(b->wheel, &c->timer, broker_now(b) + b->cfg->connect_timeout_ms);
+    c->next = b->conns;
+    if (b->conns)
+        b->conns->prev = c;
+    b->conns = c;
+    b->conn_count++;
+    b->metrics.connections_accepted++;
+    log_debug("accepted connection %llu from %s", (unsigned long long)c->channel, peer);
+}
+
+static void
+mark_dirty(struct conn *c)
+{
+    if (c->dirty)
+        return;
+    struct broker *b = c->broker;
+    c->dirty = true;
+    if (!b->dirty)
+        event_active(b->flush_ev, EV_WRITE, 0);
+    c->dirty_next = b->dirty;
+    b->dirty = c;
+}
+
+uint8_t *
+conn_reserve(struct conn *c, size_t n)
+{
+    if (c->out_len + n > c->out_cap) {
+        /* Compact before growing: the written prefix is dead space. */
+        if (c->out_off) {
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        if (c->out_len + n > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 256;
+            while (cap < c->out_len + n)
+                cap *= 2;
+            uint8_t *out = realloc(c->out, cap);
+            if (!out)
+                return NULL;
+            c->out = out;
+            c->out_cap = cap;
+        }
+    }
+    uint8_t *p = c->out + c->out_len;
+    c->out_len += n;
+    mark_dirty(c);
+    return p;
+}
+
+enum rmq_status
+conn_write(struct conn *c, const void *data, size_t len)
+{
+    uint8_t *p = conn_reserve(c, len);
+    if (!p)
+        return RMQ_NOMEM;
+    memcpy(p, data, len);
+    return RMQ_OK;
+}
+
+/* Writes as much output as the socket takes. RMQ_IO on a socket error. */
+static enum rmq_status
+conn_flush(struct conn *c)
+{
+    while (out_pending(c) > 0) {
+        ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            c->broker->metrics.bytes_sent += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->want_write = true;
+            conn_update_events(c);
+            return RMQ_OK;
+        }
+        return RMQ_IO;
+    }
+    c->out_len = c->out_off = 0;
+    if (c->out_cap > OUT_KEEP_MAX) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
+    c->want_write = false;
+    conn_update_events(c);
+    return RMQ_OK;
+}
+
+static void
+unlink_dirty(struct conn *c)
+{
+    if (!c->dirty)
+        return;
+    struct conn **pp = &c->broker->dirty;
+    while (*pp && *pp != c)
+        pp = &(*pp)->dirty_next;
+    if (*pp)
+        *pp = c->dirty_next;
+    c->dirty = false;
+}
+
+void
+conn_flush_all(struct broker *b)
+{
+    while (b->dirty) {
+        struct conn *c = b->dirty;
+        b->dirty = c->dirty_next;
+        c->dirty = false;
+        if (conn_flush(c) != RMQ_OK) {
+            b->metrics.socket_errors++;
+            conn_close(c, CLOSE_SOCKET_ERROR);
+        }
+    }
+}
+
+static void
+publish_will(struct broker *b, struct message *will)
+{
+    struct route r = {
+        .topic = will->topic,
+        .topic_len = will->topic_len,
+        .payload = will->payload,
+        .payload_len = will->payload_len,
+        .qos = will->qos,
+        .retain = will->retain,
+        .msg = will, /* the route takes over our reference */
+    };
+    b->metrics.wills_published++;
+    broker_route(b, &r);
+}
+
+static void
+detach_session(struct broker *b, struct conn *c)
+{
+    struct session *s = c->session;
+    if (!s)
+        return;
+    c->session = NULL;
+    s->conn = NULL;
+    b->connected_count--;
+    if (s->clean) {
+        hashmap_remove(b->sessions, s->client_id, s->client_id_len);
+        session_free(b, s);
+    }
+}
+
+void
+conn_close(struct conn *c, enum close_reason reason)
+{
+    struct broker *b = c->broker;
+    log_debug("closing connection %llu from %s: %s", (unsigned long long)c->channel, c->peer,
+              close_reason_name(reason));
+    /* Best effort for a last CONNACK or similar; never wait. */
+    if (out_pending(c) > 0 && reason != CLOSE_SOCKET_ERROR) {
+        ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
+        (void)n;
+    }
+    detach_session(b, c);
+    struct message *will = c->will;
+    c->will = NULL;
+
+    timer_entry_cancel(&c->timer);
+    event_del(&c->ev);
+    close(c->fd);
+    unlink_dirty(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        b->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    b->conn_count--;
+    b->metrics.connections_closed++;
+    free(c->in);
+    free(c->out);
+    free(c);
+
+    /* After the session is detached, so a persistent session of the same
+     * client that subscribes to its own will topic gets it queued. */
+    if (will && reason != CLOSE_NORMAL && reason != CLOSE_SHUTDOWN)
+        publish_will(b, will);
+    else
+        message_unref(will);
+}
+
+static enum rmq_status
+handle_pingreq(struct conn *c, const struct mqtt_packet *p)
+{
+    uint8_t out[2];
+    return conn_write(c, out, mqtt_encode_empty(out, MQTT_PINGRESP));
+}
+
+static enum rmq_status
+handle_disconnect(struct conn *c, const struct mqtt_packet *p)
+{
+    /* A clean DISCONNECT discards the will [MQTT-3.14.4-3]. */
+    message_unref(c->will);
+    c->will = NULL;
+    return RMQ_AGAIN; /* tells dispatch to close normally */
+}
+
+typedef enum rmq_status (*packet_handler)(struct conn *c, const struct mqtt_packet *p);
+
+/* Packets a client may send once connected; the rest are protocol errors. */
+static const packet_handler handlers[16] = {
+    [MQTT_PUBLISH] = handle_publish,         [MQTT_PUBACK] = handle_puback,
+    [MQTT_PUBREC] = handle_pubrec,           [MQTT_PUBREL] = handle_pubrel,
+    [MQTT_PUBCOMP] = handle_pubcomp,         [MQTT_SUBSCRIBE] = handle_subscribe,
+    [MQTT_UNSUBSCRIBE] = handle_unsubscribe, [MQTT_PINGREQ] = handle_pingreq,
+    [MQTT_DISCONNECT] = handle_disconnect,
+};
+
+/* Runs one packet. Returns true if the connection is still open. */
+static bool
+dispatch(struct conn *c, const struct mqtt_packet *p)
+{
+    struct broker *b = c->broker;
+    enum rmq_status st;
+    if (c->state == CONN_AWAIT_CONNECT) {
+        if (p->type != MQTT_CONNECT) {
+            log_info("%s: first packet is %s, not CONNECT", c->peer, mqtt_type_name(p->type));
+            b->metrics.protocol_errors++;
+            conn_close(c, CLOSE_PROTOCOL_ERROR);
+            return false;
+        }
+        st = handle_connect(c, p);
+        if (st == RMQ_OK)
+            return true;
+        conn_close(c, st == RMQ_PROTOCOL ? CLOSE_PROTOCOL_ERROR : CLOSE_REFUSED);
+        return false;
+    }
+    packet_handler h = handlers[p->type & 15];
+    if (!h) {
+        log_info("%s (%s): unexpected %s", c->peer, c->session->client_id,
+                 mqtt_type_name(p->type));
+        b->metrics.protocol_errors++;
+        conn_close(c, CLOSE_PROTOCOL_ERROR);
+        return false;
+    }
+    st = h(c, p);
+    if (st == RMQ_OK)
+        return true;
+    if (st == RMQ_AGAIN) {
+        conn_close(c, CLOSE_NORMAL);
+    } else if (st == RMQ_NOMEM) {
+        log_error("%s: out of memory, closing", c->peer);
+        conn_close(c, CLOSE_SOCKET_ERROR);
+    } else {
+        b->metrics.protocol_errors++;
+        conn_close(c, CLOSE_PROTOCOL_ERROR);
+    }
+    return false;
+}
+
+/* Answers an undecodable packet. Returns false (the connection is closed). */
+static bool
+reject_packet(struct conn *c, enum rmq_status st, const uint8_t *buf, size_t len)
+{
+    struct broker *b = c->broker;
+    if (st == RMQ_LIMIT) {
+        log_info("%s: packet above max-packet-size %u, closing", c->peer,
+                 b->cfg->max_packet_size);
+        b->metrics.oversize_packets++;
+    } else if (st == RMQ_UNSUPPORTED && c->state == CONN_AWAIT_CONNECT) {
+        uint8_t out[4];
+        log_info("%s: unsupported protocol name or level, refusing", c->peer);
+        conn_write(c, out, mqtt_encode_connack(out, false, MQTT_CONNACK_BAD_PROTOCOL));
+        b->metrics.connections_rejected++;
+        conn_close(c, CLOSE_REFUSED);
+        return false;
+    } else {
+        log_info("%s: malformed packet (type %u, %s), closing", c->peer, (unsigned)(buf[0] >> 4),
+                 rmq_status_str(st));
+        b->metrics.protocol_errors++;
+    }
+    conn_close(c, CLOSE_PROTOCOL_ERROR);
+    return false;
+}
+
+/* Decodes and runs every complete packet in buf; keeps the incomplete tail.
+ * Returns false if the connection was closed. */
+static bool
+process(struct conn *c, const uint8_t *buf, size_t len)
+{
+    uint32_t max = c->broker->cfg->max_packet_size;
+    size_t off = 0;
+    while (off < len) {
+        struct mqtt_packet p;
+        size_t used = 0;
+        enum rmq_status st = mqtt_decode(buf + off, len - off, max, &p, &used);
+        if (st == RMQ_AGAIN) {
+            size_t tail = len - off;
+            /* Small tails go back through the shared buffer; a large packet
+             * is gathered here, so size for all of it. */
+            size_t cap = used > BROKER_READ_BUFFER ? used : tail;
+            uint8_t *in = malloc(cap);
+            if (!in) {
+                conn_close(c, CLOSE_SOCKET_ERROR);
+                return false;
+            }
+            memcpy(in, buf + off, tail);
+            c->in = in;
+            c->in_len = (uint32_t)tail;
+            c->in_cap = (uint32_t)cap;
+            c->in_need = (uint32_t)used;
+            return true;
+        }
+        if (st != RMQ_OK)
+            return reject_packet(c, st, buf + off, len - off);
+        off += used;
+        if (!dispatch(c, &p))
+            return false;
+    }
+    return true;
+}
+
+/* Gathers a packet too large for the shared buffer in c->in. */
+static void
+read_large(struct conn *c)
+{
+    struct broker *b = c->broker;
+    ssize_t n = read(c->fd, c->in + c->in_len, c->in_need - c->in_len);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        b->metrics.socket_errors++;
+        conn_close(c, CLOSE_SOCKET_ERROR);
+        return;
+    }
+    b->metrics.bytes_received += (uint64_t)n;
+    c->last_rx_ms = broker_now(b);
+    c->in_len += (uint32_t)n;
+    if (c->in_len < c->in_need)
+        return;
+    uint8_t *in = c->in;
+    size_t len = c->in_len;
+    c->in = NULL;
+    c->in_len = c->in_cap = c->in_need = 0;
+    process(c, in, len);
+    free(in);
+}
+
+static void
+conn_on_read(struct conn *c)
+{
+    struct broker *b = c->broker;
+    if (c->in_len && c->in_need > BROKER_READ_BUFFER) {
+        read_large(c);
+        return;
+    }
+    uint8_t *buf = b->rbuf;
+    size_t have = c->in_len;
+    if (have)
+        memcpy(buf, c->in, have);
+    ssize_t n = read(c->fd, buf + have, BROKER_READ_BUFFER - have);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n < 0)
+            log_debug("%s: read: %s", c->peer, strerror(errno));
+        b->metrics.socket_errors++;
+        conn_close(c, CLOSE_SOCKET_ERROR);
+        return;
+    }
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = c->in_need = 0;
+    b->metrics.bytes_received += (uint64_t)n;
+    c->last_rx_ms = broker_now(b);
+    if (process(c, buf, have + (size_t)n) && c->state == CONN_ACTIVE)
+        conn_update_events(c);
+}
+
+static void
+conn_on_event(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct broker *b = c->broker;
+    broker_refresh_clock(b);
+    if (what & EV_WRITE) {
+        unlink_dirty(c);
+        if (conn_flush(c) != RMQ_OK) {
+            b->metrics.socket_errors++;
+            conn_close(c, CLOSE_SOCKET_ERROR);
+            return;
+        }
+    }
+    if (what & EV_READ)
+        conn_on_read(c);
+}
+
+static void
+conn_on_timer(struct timer_entry *entry, uint64_t now_ms)
+{
+    struct conn *c = (struct conn *)((char *)entry - offsetof(struct conn, timer));
+    struct broker *b = c->broker;
+    if (c->state == CONN_AWAIT_CONNECT) {
+        log_info("%s: no CONNECT within %llu ms, closing", c->peer,
+                 (unsigned long long)b->cfg->connect_timeout_ms);
+        b->metrics.connect_timeouts++;
+        conn_close(c, CLOSE_CONNECT_TIMEOUT);
+        return;
+    }
+    /* Keepalive: the deadline moves with every read, so check before acting. */
+    uint64_t limit = (uint64_t)c->keepalive * 1500u;
+    if (now_ms - c->last_rx_ms >= limit) {
+        log_info("%s (%s): keepalive %us expired, closing", c->peer, c->session->client_id,
+                 (unsigned)c->keepalive);
+        b->metrics.keepalive_timeouts++;
+        conn_close(c, CLOSE_KEEPALIVE_TIMEOUT);
+        return;
+    }
+    timer_wheel_schedule(b->wheel, entry, c->last_rx_ms + limit);
+}

@@ -1,0 +1,138 @@
+/* CONNECT: validation, authentication, client-id takeover, session lookup
+ * or creation, the will, keepalive, and CONNACK.
+ *
+ * Returns RMQ_OK when the client is connected; any other status means the
+ * caller closes the connection (RMQ_PROTOCOL for a protocol violation, with
+ * no CONNACK; otherwise a CONNACK with the refusal code has been queued).
+ * Loop thread only. */
+#include <stdio.h>
+#include <string.h>
+
+#include "broker/broker_internal.h"
+#include "broker/topic.h"
+#include "common/hashmap.h"
+#include "common/log.h"
+
+static enum rmq_status
+refuse(struct conn *c, uint8_t code, const char *why)
+{
+    struct broker *b = c->broker;
+    uint8_t out[4];
+    log_info("%s: CONNECT refused (0x%02x): %s", c->peer, code, why);
+    b->metrics.connections_rejected++;
+    if (code == MQTT_CONNACK_BAD_CREDENTIALS || code == MQTT_CONNACK_NOT_AUTHORIZED)
+        b->metrics.auth_failures++;
+    conn_write(c, out, mqtt_encode_connack(out, false, code));
+    return RMQ_INVALID;
+}
+
+/* Authentication. Only anonymous access exists so far: with
+ * allow-anonymous false every client is refused, since there is nothing to
+ * check a username against (as Mosquitto does without a password file). */
+static uint8_t
+authenticate(const struct broker *b, const struct mqtt_connect *cn)
+{
+    if (b->cfg->allow_anonymous)
+        return MQTT_CONNACK_ACCEPTED;
+    return MQTT_CONNACK_NOT_AUTHORIZED;
+}
+
+static enum rmq_status
+take_will(struct conn *c, const struct mqtt_connect *cn)
+{
+    if (!cn->has_will)
+        return RMQ_OK;
+    if (!topic_name_valid((const char *)cn->will_topic.data, cn->will_topic.len)) {
+        log_info("%s: invalid will topic", c->peer);
+        c->broker->metrics.protocol_errors++;
+        return RMQ_PROTOCOL;
+    }
+    c->will = message_new((const char *)cn->will_topic.data, cn->will_topic.len,
+                          cn->will_payload.data, cn->will_payload.len, cn->will_qos,
+                          cn->will_retain, broker_now(c->broker));
+    return c->will ? RMQ_OK : RMQ_NOMEM;
+}
+
+/* Closes an existing connection of this client id, then returns the
+ * session to continue (NULL if none or if this CONNECT cleans it). */
+static struct session *
+takeover(struct broker *b, const char *id, size_t len, bool clean)
+{
+    struct session *s = hashmap_get(b->sessions, id, len);
+    if (s && s->conn) {
+        log_info("client %s: taken over by a new connection, closing %s", s->client_id,
+                 s->conn->peer);
+        b->metrics.takeovers++;
+        conn_close(s->conn, CLOSE_TAKEOVER); /* may free a clean session */
+        s = hashmap_get(b->sessions, id, len);
+    }
+    if (s && clean) {
+        hashmap_remove(b->sessions, id, len);
+        session_free(b, s);
+        s = NULL;
+    }
+    return s;
+}
+
+static void
+start_keepalive(struct conn *c, uint16_t keepalive)
+{
+    struct broker *b = c->broker;
+    c->keepalive = keepalive;
+    if (keepalive)
+        timer_wheel_schedule(b->wheel, &c->timer, broker_now(b) + (uint64_t)keepalive * 1500u);
+    else
+        timer_entry_cancel(&c->timer);
+}
+
+enum rmq_status
+handle_connect(struct conn *c, const struct mqtt_packet *p)
+{
+    struct broker *b = c->broker;
+    const struct mqtt_connect *cn = &p->u.connect;
+    char idbuf[64];
+    const char *id = (const char *)cn->client_id.data;
+    size_t id_len = cn->client_id.len;
+
+    c->protocol_level = cn->protocol_level;
+    if (id_len == 0) {
+        /* MQTT 3.1 has no assigned ids; 3.1.1 assigns one to clean sessions only. */
+        if (cn->protocol_level == MQTT_PROTO_V31 || !cn->clean_session)
+            return refuse(c, MQTT_CONNACK_ID_REJECTED, "empty client id");
+        id_len = (size_t)snprintf(idbuf, sizeof(idbuf), "auto-%s-%llx", b->cfg->node_id,
+                                  (unsigned long long)++b->next_client_id);
+        id = idbuf;
+    }
+    uint8_t code = authenticate(b, cn);
+    if (code != MQTT_CONNACK_ACCEPTED)
+        return refuse(c, code, cn->has_username ? "not authorised" : "anonymous access denied");
+    enum rmq_status st = take_will(c, cn);
+    if (st != RMQ_OK)
+        return st;
+
+    struct session *s = takeover(b, id, id_len, cn->clean_session);
+    bool present = s != NULL;
+    if (!s) {
+        s = session_new(id, id_len, cn->clean_session);
+        if (!s || hashmap_put(b->sessions, s->client_id, s->client_id_len, s, NULL) != RMQ_OK) {
+            session_free(b, s);
+            return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+        }
+    }
+    s->clean = cn->clean_session;
+    s->conn = c;
+    c->session = s;
+    c->state = CONN_ACTIVE;
+    b->connected_count++;
+    start_keepalive(c, cn->keepalive);
+
+    uint8_t out[4];
+    /* Session present exists from 3.1.1 on; in 3.1 that byte is reserved. */
+    bool sp = present && cn->protocol_level >= MQTT_PROTO_V311;
+    conn_write(c, out, mqtt_encode_connack(out, sp, MQTT_CONNACK_ACCEPTED));
+    log_info("client %s connected from %s (MQTT %s, clean %d, keepalive %u)", s->client_id,
+             c->peer, cn->protocol_level == MQTT_PROTO_V31 ? "3.1" : "3.1.1",
+             cn->clean_session, (unsigned)cn->keepalive);
+    session_resume(b, s);
+    return RMQ_OK;
+}

@@ -1,0 +1,95 @@
+/* PUBLISH from a client and the acknowledgement packets of both directions.
+ *
+ * Incoming QoS 2 follows the spec's "method B": the message is routed when
+ * the PUBLISH first arrives and its packet id is remembered until PUBREL, so
+ * a re-sent PUBLISH (DUP) with the same id is acknowledged again but never
+ * delivered twice. Loop thread only. */
+#include "broker/broker_internal.h"
+#include "broker/topic.h"
+#include "common/log.h"
+
+static void
+count_received(struct broker *b, uint8_t qos)
+{
+    b->metrics.messages_received++;
+    if (qos == 0)
+        b->metrics.messages_received_qos0++;
+    else if (qos == 1)
+        b->metrics.messages_received_qos1++;
+    else
+        b->metrics.messages_received_qos2++;
+}
+
+static enum rmq_status
+send_ack(struct conn *c, enum mqtt_type type, uint16_t packet_id)
+{
+    uint8_t out[4];
+    return conn_write(c, out, mqtt_encode_ack(out, type, packet_id));
+}
+
+enum rmq_status
+handle_publish(struct conn *c, const struct mqtt_packet *p)
+{
+    struct broker *b = c->broker;
+    const struct mqtt_publish *pub = &p->u.publish;
+    if (!topic_name_valid((const char *)pub->topic.data, pub->topic.len)) {
+        log_info("%s (%s): PUBLISH to an invalid topic name, closing", c->peer,
+                 c->session->client_id);
+        return RMQ_PROTOCOL;
+    }
+    count_received(b, pub->qos);
+    struct route r = {
+        .topic = (const char *)pub->topic.data,
+        .topic_len = pub->topic.len,
+        .payload = pub->payload,
+        .payload_len = pub->payload_len,
+        .qos = pub->qos,
+        .retain = pub->retain,
+    };
+    switch (pub->qos) {
+    case 0:
+        broker_route(b, &r);
+        return RMQ_OK;
+    case 1:
+        broker_route(b, &r);
+        return send_ack(c, MQTT_PUBACK, pub->packet_id);
+    default: {
+        bool nomem;
+        if (session_qos2_seen(c->session, pub->packet_id, &nomem))
+            b->metrics.messages_duplicate_qos2++;
+        else if (nomem)
+            return RMQ_NOMEM;
+        else
+            broker_route(b, &r);
+        return send_ack(c, MQTT_PUBREC, pub->packet_id);
+    }
+    }
+}
+
+enum rmq_status
+handle_pubrel(struct conn *c, const struct mqtt_packet *p)
+{
+    session_qos2_release(c->session, p->u.packet_id);
+    return send_ack(c, MQTT_PUBCOMP, p->u.packet_id);
+}
+
+enum rmq_status
+handle_puback(struct conn *c, const struct mqtt_packet *p)
+{
+    session_ack(c->broker, c->session, MQTT_PUBACK, p->u.packet_id);
+    return RMQ_OK;
+}
+
+enum rmq_status
+handle_pubrec(struct conn *c, const struct mqtt_packet *p)
+{
+    session_ack(c->broker, c->session, MQTT_PUBREC, p->u.packet_id);
+    return RMQ_OK;
+}
+
+enum rmq_status
+handle_pubcomp(struct conn *c, const struct mqtt_packet *p)
+{
+    session_ack(c->broker, c->session, MQTT_PUBCOMP, p->u.packet_id);
+    return RMQ_OK;
+}

@@ -1,0 +1,354 @@
+/* MQTT session state: subscriptions, the outgoing inflight window and queue,
+ * and the packet ids of incoming QoS 2 messages not yet released.
+ *
+ * Invariants: inflight[] is ordered oldest first and never holds more than
+ * cfg->max_inflight entries; the queue only holds QoS 1/2 messages, and is
+ * non-empty only while the window is full or the client is offline, so
+ * messages leave in the order they arrived. Each inflight or queued entry
+ * owns one message reference (QoS 2 entries drop it at PUBREC).
+ *
+ * Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker_internal.h"
+#include "broker/topic_tree.h"
+
+struct session *
+session_new(const char *client_id, size_t len, bool clean)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->client_id = malloc(len + 1);
+    if (!s->client_id) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->client_id, client_id, len);
+    s->client_id[len] = '\0';
+    s->client_id_len = (uint16_t)len;
+    s->clean = clean;
+    return s;
+}
+
+void
+session_free(struct broker *b, struct session *s)
+{
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < s->sub_count; i++) {
+        topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
+        free(s->subs[i].filter);
+    }
+    free(s->subs);
+    for (uint16_t i = 0; i < s->inflight_count; i++)
+        message_unref(s->inflight[i].msg);
+    free(s->inflight);
+    struct queued *q = s->queue_head;
+    while (q) {
+        struct queued *next = q->next;
+        message_unref(q->msg);
+        free(q);
+        q = next;
+    }
+    free(s->qos2_in);
+    free(s->client_id);
+    free(s);
+}
+
+/* The routed message as a refcounted object, made on first need. */
+static struct message *
+route_message(struct broker *b, struct route *r)
+{
+    if (!r->msg)
+        r->msg = message_new(r->topic, r->topic_len, r->payload, r->payload_len, r->qos, r->retain,
+                             broker_now(b));
+    return r->msg;
+}
+
+static void
+count_sent(struct broker *b, uint8_t qos)
+{
+    b->metrics.messages_sent++;
+    if (qos == 0)
+        b->metrics.messages_sent_qos0++;
+    else if (qos == 1)
+        b->metrics.messages_sent_qos1++;
+    else
+        b->metrics.messages_sent_qos2++;
+}
+
+static void
+send_publish(struct conn *c, const char *topic, uint16_t topic_len, const uint8_t *payload,
+             uint32_t payload_len, uint8_t qos, uint16_t packet_id, bool dup, bool retain)
+{
+    size_t total = mqtt_publish_size(qos, topic_len, payload_len);
+    uint8_t *p = conn_reserve(c, total);
+    if (!p)
+        return; /* out of memory: the connection is being closed */
+    size_t h = mqtt_encode_publish_header(p, qos, dup, retain, (const uint8_t *)topic, topic_len,
+                                          packet_id, payload_len);
+    if (payload_len)
+        memcpy(p + h, payload, payload_len);
+    count_sent(c->broker, qos);
+}
+
+static void
+send_message(struct conn *c, const struct message *msg, uint8_t qos, uint16_t packet_id, bool dup,
+             bool retain)
+{
+    send_publish(c, msg->topic, msg->topic_len, msg->payload, msg->payload_len, qos, packet_id, dup,
+                 retain);
+}
+
+static bool
+packet_id_in_use(const struct session *s, uint16_t id)
+{
+    for (uint16_t i = 0; i < s->inflight_count; i++)
+        if (s->inflight[i].packet_id == id)
+            return true;
+    return false;
+}
+
+static uint16_t
+next_packet_id(struct session *s)
+{
+    do {
+        s->next_packet_id++;
+        if (s->next_packet_id == 0)
+            s->next_packet_id = 1;
+    } while (packet_id_in_use(s, s->next_packet_id));
+    return s->next_packet_id;
+}
+
+/* Puts msg in the window and sends it. The window has room. */
+static bool
+start_inflight(struct broker *b, struct session *s, struct message *msg, uint8_t qos, bool retain)
+{
+    if (s->inflight_count == s->inflight_cap) {
+        uint16_t cap = s->inflight_cap ? (uint16_t)(s->inflight_cap * 2) : 4;
+        if (cap > b->cfg->max_inflight)
+            cap = b->cfg->max_inflight;
+        struct inflight *n = realloc(s->inflight, cap * sizeof(*n));
+        if (!n)
+            return false;
+        s->inflight = n;
+        s->inflight_cap = cap;
+    }
+    uint16_t id = next_packet_id(s);
+    s->inflight[s->inflight_count++] =
+        (struct inflight){.msg = message_ref(msg), .packet_id = id, .qos = qos, .retain = retain};
+    send_message(s->conn, msg, qos, id, false, retain);
+    return true;
+}
+
+static bool
+window_open(const struct broker *b, const struct session *s)
+{
+    return s->conn && s->inflight_count < b->cfg->max_inflight;
+}
+
+static void
+enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, bool retain)
+{
+    if (s->queue_len >= b->cfg->max_queued_messages) {
+        b->metrics.messages_dropped++;
+        return;
+    }
+    struct queued *q = malloc(sizeof(*q));
+    if (!q) {
+        b->metrics.messages_dropped++;
+        return;
+    }
+    *q = (struct queued){.msg = message_ref(msg), .qos = qos, .retain = retain};
+    if (s->queue_tail)
+        s->queue_tail->next = q;
+    else
+        s->queue_head = q;
+    s->queue_tail = q;
+    s->queue_len++;
+}
+
+/* Moves queued messages into the window while it has room. */
+static void
+pump(struct broker *b, struct session *s)
+{
+    while (s->queue_head && window_open(b, s)) {
+        struct queued *q = s->queue_head;
+        if (!start_inflight(b, s, q->msg, q->qos, q->retain))
+            return;
+        s->queue_head = q->next;
+        if (!s->queue_head)
+            s->queue_tail = NULL;
+        s->queue_len--;
+        message_unref(q->msg);
+        free(q);
+    }
+}
+
+void
+session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qos, bool retain)
+{
+    if (qos == 0) {
+        struct conn *c = s->conn;
+        if (!c)
+            return; /* QoS 0 is not kept for offline clients */
+        if (c->out_len - c->out_off > b->cfg->max_output_buffer) {
+            b->metrics.messages_dropped++;
+            return;
+        }
+        send_publish(c, r->topic, r->topic_len, r->payload, r->payload_len, 0, 0, false, retain);
+        return;
+    }
+    struct message *msg = route_message(b, r);
+    if (!msg) {
+        b->metrics.messages_dropped++;
+        return;
+    }
+    if (!s->queue_head && window_open(b, s) && start_inflight(b, s, msg, qos, retain))
+        return;
+    enqueue(b, s, msg, qos, retain);
+}
+
+void
+session_resume(struct broker *b, struct session *s)
+{
+    uint8_t ack[4];
+    for (uint16_t i = 0; i < s->inflight_count; i++) {
+        struct inflight *f = &s->inflight[i];
+        if (f->msg) {
+            send_message(s->conn, f->msg, f->qos, f->packet_id, true, f->retain);
+        } else {
+            mqtt_encode_ack(ack, MQTT_PUBREL, f->packet_id);
+            conn_write(s->conn, ack, sizeof(ack));
+        }
+    }
+    pump(b, s);
+}
+
+static int
+find_inflight(const struct session *s, uint16_t id)
+{
+    for (uint16_t i = 0; i < s->inflight_count; i++)
+        if (s->inflight[i].packet_id == id)
+            return i;
+    return -1;
+}
+
+static void
+remove_inflight(struct session *s, int i)
+{
+    message_unref(s->inflight[i].msg);
+    s->inflight_count--;
+    memmove(&s->inflight[i], &s->inflight[i + 1],
+            (size_t)(s->inflight_count - i) * sizeof(s->inflight[0]));
+}
+
+void
+session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t packet_id)
+{
+    int i = find_inflight(s, packet_id);
+    struct inflight *f = i >= 0 ? &s->inflight[i] : NULL;
+    uint8_t ack[4];
+
+    switch (type) {
+    case MQTT_PUBACK:
+        if (f && f->qos == 1)
+            remove_inflight(s, i);
+        break;
+    case MQTT_PUBREC:
+        if (f && f->qos == 2) {
+            message_unref(f->msg); /* the payload is delivered; only the id remains */
+            f->msg = NULL;
+        }
+        /* Answer even an unknown id so the client can finish its flow. */
+        mqtt_encode_ack(ack, MQTT_PUBREL, packet_id);
+        conn_write(s->conn, ack, sizeof(ack));
+        break;
+    case MQTT_PUBCOMP:
+        if (f && f->qos == 2 && !f->msg)
+            remove_inflight(s, i);
+        break;
+    default:
+        break;
+    }
+    pump(b, s);
+}
+
+enum rmq_status
+session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos)
+{
+    for (uint32_t i = 0; i < s->sub_count; i++) {
+        if (s->subs[i].len == len && memcmp(s->subs[i].filter, filter, len) == 0) {
+            s->subs[i].qos = qos;
+            return RMQ_OK;
+        }
+    }
+    if (s->sub_count == s->sub_cap) {
+        uint32_t cap = s->sub_cap ? s->sub_cap * 2 : 2;
+        struct subscription *n = realloc(s->subs, cap * sizeof(*n));
+        if (!n)
+            return RMQ_NOMEM;
+        s->subs = n;
+        s->sub_cap = cap;
+    }
+    char *copy = malloc((size_t)len + 1);
+    if (!copy)
+        return RMQ_NOMEM;
+    memcpy(copy, filter, len);
+    copy[len] = '\0';
+    s->subs[s->sub_count++] = (struct subscription){.filter = copy, .len = len, .qos = qos};
+    return RMQ_OK;
+}
+
+bool
+session_remove_sub(struct session *s, const char *filter, uint16_t len)
+{
+    for (uint32_t i = 0; i < s->sub_count; i++) {
+        if (s->subs[i].len == len && memcmp(s->subs[i].filter, filter, len) == 0) {
+            free(s->subs[i].filter);
+            s->subs[i] = s->subs[--s->sub_count];
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+session_qos2_seen(struct session *s, uint16_t packet_id, bool *nomem)
+{
+    *nomem = false;
+    for (uint16_t i = 0; i < s->qos2_in_count; i++)
+        if (s->qos2_in[i] == packet_id)
+            return true;
+    if (s->qos2_in_count == s->qos2_in_cap) {
+        if (s->qos2_in_cap == UINT16_MAX) {
+            *nomem = true;
+            return false;
+        }
+        uint32_t cap = s->qos2_in_cap ? s->qos2_in_cap * 2u : 4u;
+        if (cap > UINT16_MAX)
+            cap = UINT16_MAX;
+        uint16_t *n = realloc(s->qos2_in, cap * sizeof(*n));
+        if (!n) {
+            *nomem = true;
+            return false;
+        }
+        s->qos2_in = n;
+        s->qos2_in_cap = (uint16_t)cap;
+    }
+    s->qos2_in[s->qos2_in_count++] = packet_id;
+    return false;
+}
+
+void
+session_qos2_release(struct session *s, uint16_t packet_id)
+{
+    for (uint16_t i = 0; i < s->qos2_in_count; i++) {
+        if (s->qos2_in[i] == packet_id) {
+            s->qos2_in[i] = s->qos2_in[--s->qos2_in_count];
+            return;
+        }
+    }
+}
