@@ -54,11 +54,11 @@ enum mqtt_connack_code {
     MQTT_CONNACK_NOT_AUTHORIZED = 5,
 };
 
-#define MQTT_SUBACK_FAILURE 0x80
+#define MQTT_SUBACK_FAILURE 0x80u
 #define MQTT_MAX_REMAINING_LENGTH 268435455u /* 4-byte varint limit */
-#define MQTT_FIXED_HEADER_MAX 5
+#define MQTT_FIXED_HEADER_MAX 5u
 /* fixed header + topic length prefix + packet id; add the topic length. */
-#define MQTT_PUBLISH_HEADER_OVERHEAD (MQTT_FIXED_HEADER_MAX + 2 + 2)
+#define MQTT_PUBLISH_HEADER_OVERHEAD (MQTT_FIXED_HEADER_MAX + 2u + 2u)
 
 /* A view into the decode input. Not NUL-terminated. */
 struct mqtt_str {
@@ -127,10 +127,16 @@ struct mqtt_packet {
  * RMQ_LIMIT: the declared packet size exceeds max_packet_size (0 = only the
  *   protocol's limit); detected from the fixed header alone.
  * RMQ_UNSUPPORTED: a CONNECT with a protocol name/level other than
- *   MQIsdp/3 or MQTT/4 (the broker answers CONNACK 0x01); out->type is set.
+ *   MQIsdp/3 or MQTT/4 (the broker answers CONNACK 0x01); out->type is set,
+ *   out->u.connect.protocol_level holds the level sent, and *consumed is the
+ *   packet length (the rest of the CONNECT is not parsed).
  * RMQ_PROTOCOL: malformed: bad varint, reserved flags, QoS 3, bad lengths,
  *   invalid UTF-8, trailing bytes, empty subscription list, will flags set
  *   without a will, password without username (3.1.1), etc.
+ *   PUBLISH with QoS 0 and DUP set is accepted (3.1 clients send it).
+ * RMQ_LIMIT is also returned for a list of more than 65535 entries, which
+ *   struct mqtt_topic_list.count cannot hold.
+ * On every status other than OK, AGAIN and UNSUPPORTED, *consumed is 0.
  * The decoder is for a server: it accepts every type a client or a server can
  * send, so the load generator and tests decode with it too. */
 enum rmq_status mqtt_decode(const uint8_t *buf, size_t len, uint32_t max_packet_size,
@@ -146,8 +152,13 @@ bool mqtt_topic_iter_next(enum mqtt_type type, const struct mqtt_topic_list *lis
  * overlong forms. */
 bool mqtt_utf8_valid(const uint8_t *s, size_t len);
 
-/* Writes the remaining-length varint; returns bytes written (1..4). */
+/* Writes the remaining-length varint; returns bytes written (1..4), or 0 for
+ * a value above MQTT_MAX_REMAINING_LENGTH. */
 size_t mqtt_encode_varint(uint8_t out[4], uint32_t value);
+
+/* Every encoder below returns 0, writing nothing, when its arguments cannot
+ * form a packet: a type it does not write, QoS above 2, or a remaining length
+ * above MQTT_MAX_REMAINING_LENGTH. */
 
 /* ---- encoders (server side) ---- */
 
@@ -170,7 +181,8 @@ size_t mqtt_encode_publish_header(uint8_t *out, uint8_t qos, bool dup, bool reta
                                   const uint8_t *topic, uint16_t topic_len, uint16_t packet_id,
                                   uint32_t payload_len);
 
-/* Total wire size of a PUBLISH, for buffer sizing and limits. */
+/* Total wire size of a PUBLISH, for buffer sizing and limits. Beyond the
+ * protocol's limit the result is only guaranteed to exceed that limit. */
 size_t mqtt_publish_size(uint8_t qos, uint16_t topic_len, uint32_t payload_len);
 
 /* ---- encoders (client side: load generator, tests) ---- */
