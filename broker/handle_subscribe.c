@@ -45,7 +45,8 @@ subscribe_one(struct broker *b, struct session *s, const struct mqtt_str *f, uin
     if (topic_tree_subscribe(b->subs, filter, f->len, s, qos, &replaced) != RMQ_OK)
         return MQTT_SUBACK_FAILURE;
     if (session_add_sub(s, filter, f->len, qos) != RMQ_OK) {
-        topic_tree_unsubscribe(b->subs, filter, f->len, s);
+        if (!replaced) /* keep an existing subscription that was only updated */
+            topic_tree_unsubscribe(b->subs, filter, f->len, s);
         return MQTT_SUBACK_FAILURE;
     }
     return qos;

@@ -14,6 +14,10 @@
 
 struct retain_store;
 
+/* Deepest topic name the store keeps, in levels; bounds the stack that
+ * retain_match uses. */
+#define RETAIN_MAX_LEVELS 256
+
 /* NULL on allocation failure. */
 struct retain_store *retain_new(void);
 
@@ -22,7 +26,9 @@ void retain_free(struct retain_store *store);
 
 /* Stores msg under msg->topic (taking a new reference), replacing and
  * releasing any previous one. A message with an empty payload removes the
- * topic's retained message instead and is not stored. */
+ * topic's retained message instead and is not stored. RMQ_INVALID for an
+ * empty topic, RMQ_LIMIT above RETAIN_MAX_LEVELS levels (nothing stored),
+ * RMQ_NOMEM leaves the store as it was. */
 enum rmq_status retain_set(struct retain_store *store, struct message *msg);
 
 typedef void (*retain_match_cb)(struct message *msg, void *arg);
@@ -36,5 +42,8 @@ void retain_match(const struct retain_store *store, const char *filter, size_t l
 /* Number of retained messages, and the bytes they hold. */
 size_t retain_count(const struct retain_store *store);
 size_t retain_bytes(const struct retain_store *store);
+
+/* Number of tree nodes below the root (0 when empty), for metrics and tests. */
+size_t retain_node_count(const struct retain_store *store);
 
 #endif

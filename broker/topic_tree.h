@@ -18,6 +18,10 @@
 
 struct topic_tree;
 
+/* Deepest filter the tree accepts, in levels. Bounds the stack that matching
+ * uses (mosquitto refuses more than 200 '/', CVE-2019-11779). */
+#define TOPIC_TREE_MAX_LEVELS 256
+
 /* NULL on allocation failure. */
 struct topic_tree *topic_tree_new(void);
 
@@ -25,7 +29,9 @@ struct topic_tree *topic_tree_new(void);
 void topic_tree_free(struct topic_tree *tree);
 
 /* Adds subscriber to filter at qos, or updates its qos if already there
- * (*replaced = true). The filter must be valid (topic_filter_valid). */
+ * (*replaced = true). The filter must be valid (topic_filter_valid) and the
+ * subscriber not NULL, else RMQ_INVALID; RMQ_LIMIT above TOPIC_TREE_MAX_LEVELS
+ * levels; RMQ_NOMEM leaves the tree as it was. replaced may be NULL. */
 enum rmq_status topic_tree_subscribe(struct topic_tree *tree, const char *filter, size_t len,
                                      void *subscriber, uint8_t qos, bool *replaced);
 
@@ -44,5 +50,8 @@ void topic_tree_match(const struct topic_tree *tree, const char *topic, size_t l
 
 /* Number of (filter, subscriber) subscriptions held. */
 size_t topic_tree_count(const struct topic_tree *tree);
+
+/* Number of nodes below the root (0 when empty), for memory metrics and tests. */
+size_t topic_tree_node_count(const struct topic_tree *tree);
 
 #endif
