@@ -3,6 +3,7 @@
  * flags), builds the broker loop, runs it until SIGINT or SIGTERM, and frees
  * everything on the way out so sanitizer builds can prove nothing leaks. */
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,11 @@ run(const struct settings *s)
     int rc = 1;
 
     broker_config_from(s, &cfg);
+    /* Other threads (HTTP) wake the loop through its inbox. */
+    if (evthread_use_pthreads() != 0) {
+        log_error("libevent has no pthreads support");
+        return 1;
+    }
     struct event_base *base = event_base_new();
     if (!base) {
         log_error("cannot create the event loop");

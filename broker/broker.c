@@ -17,6 +17,7 @@
 #include "broker/topic_tree.h"
 #include "common/clock.h"
 #include "common/hashmap.h"
+#include "common/inbox.h"
 #include "common/log.h"
 
 #define TICK_MS 100
@@ -317,7 +318,8 @@ broker_new(struct event_base *base, const struct broker_config *cfg)
     b->retained = retain_new();
     b->wheel = timer_wheel_new(broker_now(b), 10);
     b->rbuf = malloc(BROKER_READ_BUFFER);
-    if (!b->sessions || !b->subs || !b->retained || !b->wheel || !b->rbuf) {
+    b->inbox = inbox_new(base);
+    if (!b->sessions || !b->subs || !b->retained || !b->wheel || !b->rbuf || !b->inbox) {
         log_error("out of memory creating the broker");
         goto fail;
     }
@@ -335,6 +337,7 @@ broker_free(struct broker *b)
     if (!b)
         return;
     broker_stop_listening(b);
+    inbox_free(b->inbox); /* callers stopped every posting thread first */
     while (b->conns)
         conn_close(b->conns, CLOSE_SHUTDOWN);
     if (b->sessions) {
@@ -359,6 +362,12 @@ broker_free(struct broker *b)
     free(b->matched);
     free(b->rbuf);
     free(b);
+}
+
+struct inbox *
+broker_inbox(struct broker *b)
+{
+    return b->inbox;
 }
 
 void

@@ -17,6 +17,7 @@
 
 struct event_base;
 struct broker;
+struct inbox;
 
 struct broker_config {
     const char *const *listen; /* "HOST:PORT", "[v6]:PORT" or "tcp://HOST:PORT" */
@@ -39,6 +40,10 @@ struct broker *broker_new(struct event_base *base, const struct broker_config *c
  * away on purpose), frees sessions, subscriptions and retained messages.
  * NULL-safe. */
 void broker_free(struct broker *broker);
+
+/* The loop's inbox: other threads post work here (see common/inbox.h);
+ * items run on the loop thread with full access to the broker. */
+struct inbox *broker_inbox(struct broker *broker);
 
 /* Stops accepting new connections (for shutdown). */
 void broker_stop_listening(struct broker *broker);

@@ -21,6 +21,7 @@ struct topic_tree;
 struct retain_store;
 struct evconnlistener;
 struct session;
+struct inbox;
 
 #define BROKER_READ_BUFFER (64u * 1024u)
 
@@ -154,6 +155,7 @@ struct broker {
     struct event *sys_ev;
     struct listener_slot *listeners;
     size_t listener_count;
+    struct inbox *inbox; /* work posted by other threads (HTTP handlers) */
 
     struct conn *conns; /* every connection */
     struct conn *dirty; /* connections with output to flush */
