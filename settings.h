@@ -21,6 +21,24 @@ struct settings {
     uint64_t max_output_buffer;
     uint64_t connect_timeout_ms;
     uint64_t sys_interval_ms;
+
+    /* HTTP: admin API and internal node API (http/) */
+    char *http;
+    struct config_list api_key;
+    char *api_key_file;
+    uint64_t http_max_body;
+    uint64_t http_timeout_ms;
+    char *internal;
+    char *advertise;
+    char *cluster_secret;
+    uint64_t internal_max_skew_ms;
+
+    /* Cluster control plane in Redis (cluster/) */
+    char *redis;
+    char *redis_prefix;
+    uint64_t node_ttl_ms;
+    char *device_id;
+    int64_t events_maxlen;
 };
 
 extern const struct config_option settings_options[];
