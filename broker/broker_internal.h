@@ -36,6 +36,7 @@ enum close_reason {
     CLOSE_TAKEOVER,          /* the same client id connected again */
     CLOSE_REFUSED,           /* CONNACK with a non-zero code was sent */
     CLOSE_SHUTDOWN,          /* broker stopping */
+    CLOSE_KICKED,            /* an operator asked (admin API) */
 };
 
 const char *close_reason_name(enum close_reason reason);

@@ -41,6 +41,7 @@ close_reason_name(enum close_reason reason)
         [CLOSE_TAKEOVER] = "takeover",
         [CLOSE_REFUSED] = "refused",
         [CLOSE_SHUTDOWN] = "shutdown",
+        [CLOSE_KICKED] = "kicked",
     };
     return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "unknown";
 }
