@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "cluster/cluster.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "settings.h"
@@ -84,6 +85,15 @@ load_settings(int argc, char **argv, struct settings *s)
         return 2;
     }
     log_set_level(level);
+    if (strcmp(s->device_id, "clientid") != 0 && strcmp(s->device_id, "username") != 0) {
+        fprintf(stderr, "relaymq: device-id: '%s' is not clientid or username\n", s->device_id);
+        return 2;
+    }
+    if (s->redis && strcmp(s->node_id, "relaymq") == 0) {
+        fprintf(stderr, "relaymq: node-id: cluster mode (--redis) needs a unique --node-id "
+                        "for every node\n");
+        return 2;
+    }
     if (s->listen.count == 0) {
         fprintf(stderr, "relaymq: listen: at least one listener is needed\n");
         return 2;
@@ -91,11 +101,27 @@ load_settings(int argc, char **argv, struct settings *s)
     return 0;
 }
 
+static void
+cluster_config_from(const struct settings *s, struct cluster_config *cfg)
+{
+    *cfg = (struct cluster_config){
+        .redis_url = s->redis,
+        .prefix = s->redis_prefix,
+        .node_id = s->node_id,
+        .advertise = s->advertise ? s->advertise : s->internal ? s->internal : "",
+        .node_ttl_ms = s->node_ttl_ms,
+        .device_by_username = strcmp(s->device_id, "username") == 0,
+        .events_maxlen = s->events_maxlen,
+    };
+}
+
 static int
 run(const struct settings *s)
 {
     struct broker_config cfg;
+    struct cluster_config ccfg;
     struct broker *broker = NULL;
+    struct cluster *cluster = NULL;
     struct event *sigint = NULL, *sigterm = NULL;
     int rc = 1;
 
@@ -117,6 +143,12 @@ run(const struct settings *s)
     broker = broker_new(base, &cfg);
     if (!broker)
         goto fail;
+    if (s->redis) {
+        cluster_config_from(s, &ccfg);
+        cluster = cluster_new(base, broker, &ccfg);
+        if (!cluster)
+            goto fail;
+    }
     if (!s->allow_anonymous)
         log_warn("allow-anonymous is false and no authentication backend is configured: "
                  "every client will be refused");
@@ -124,6 +156,11 @@ run(const struct settings *s)
     event_base_dispatch(base);
     rc = 0;
 fail:
+    if (broker) {
+        broker_stop_listening(broker);
+        broker_close_all(broker); /* the cluster records each release */
+    }
+    cluster_free(cluster);
     broker_free(broker);
     if (sigint)
         event_free(sigint);

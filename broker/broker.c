@@ -364,6 +364,70 @@ broker_free(struct broker *b)
     free(b);
 }
 
+void
+broker_set_hooks(struct broker *b, const struct broker_hooks *hooks)
+{
+    b->hooks = hooks;
+}
+
+bool
+broker_close_channel(struct broker *b, uint64_t channel, enum close_reason reason)
+{
+    /* A linear scan: closing by channel is rare (takeover across nodes,
+     * kicks); a channel index can come when it shows in a profile. */
+    for (struct conn *c = b->conns; c; c = c->next) {
+        if (c->channel == channel) {
+            if (reason == CLOSE_TAKEOVER)
+                b->metrics.takeovers++;
+            conn_close(c, reason);
+            return true;
+        }
+    }
+    return false;
+}
+
+void
+broker_publish(struct broker *b, const char *topic, const void *payload, size_t len, uint8_t qos,
+               bool retain)
+{
+    struct route r = {
+        .topic = topic,
+        .topic_len = (uint16_t)strlen(topic),
+        .payload = payload,
+        .payload_len = (uint32_t)len,
+        .qos = qos,
+        .retain = retain,
+    };
+    broker_refresh_clock(b);
+    broker_route(b, &r);
+}
+
+void
+broker_foreach_client(struct broker *b, void (*fn)(void *arg, const struct broker_client_info *info),
+                      void *arg)
+{
+    for (struct conn *c = b->conns; c; c = c->next) {
+        if (c->state != CONN_ACTIVE)
+            continue;
+        struct broker_client_info info;
+        conn_client_info(c, &info);
+        fn(arg, &info);
+    }
+}
+
+void
+broker_close_all(struct broker *b)
+{
+    while (b->conns)
+        conn_close(b->conns, CLOSE_SHUTDOWN);
+}
+
+size_t
+broker_connected_count(const struct broker *b)
+{
+    return b->connected_count;
+}
+
 struct inbox *
 broker_inbox(struct broker *b)
 {

@@ -32,6 +32,54 @@ struct broker_config {
     uint64_t sys_interval_ms;     /* $SYS publication period, 0 = off */
 };
 
+/* Why a connection ended; decides whether the will is published and is
+ * what offline events report. */
+enum close_reason {
+    CLOSE_NORMAL,            /* DISCONNECT received */
+    CLOSE_SOCKET_ERROR,      /* EOF or socket error without DISCONNECT */
+    CLOSE_PROTOCOL_ERROR,    /* malformed or illegal packet */
+    CLOSE_KEEPALIVE_TIMEOUT, /* silent beyond 1.5 x keepalive */
+    CLOSE_CONNECT_TIMEOUT,   /* no CONNECT in time */
+    CLOSE_TAKEOVER,          /* the same client id connected again */
+    CLOSE_REFUSED,           /* CONNACK with a non-zero code was sent */
+    CLOSE_SHUTDOWN,          /* broker stopping */
+    CLOSE_KICKED,            /* an operator asked (admin API) */
+};
+
+/* Name used in logs and offline events ("normal", "keepalive_timeout", ...). */
+const char *close_reason_name(enum close_reason reason);
+
+/* A connected client as the cluster layer sees it. Strings are borrowed for
+ * the duration of the hook call. */
+struct broker_client_info {
+    const char *client_id;
+    const char *username; /* NULL without one */
+    const char *peer;     /* "ip:port" */
+    uint64_t channel;     /* unique per connection on this node */
+    uint64_t connected_at_ms; /* wall clock */
+    uint8_t protocol_level;
+    bool clean_session;
+    /* The will, or will_topic NULL. */
+    const char *will_topic;
+    const uint8_t *will_payload;
+    uint32_t will_payload_len;
+    uint8_t will_qos;
+    bool will_retain;
+};
+
+struct broker_claim;
+
+/* Hooks the cluster layer installs (all optional; loop thread).
+ * claim: called after authentication, before CONNACK. The hook must call
+ *   broker_claim_done(token, ...) exactly once, now or later; the client's
+ *   packets wait meanwhile.
+ * released: called when a client that was claimed disconnects, with why. */
+struct broker_hooks {
+    void *ctx;
+    void (*claim)(void *ctx, struct broker_claim *token, const struct broker_client_info *info);
+    void (*released)(void *ctx, const struct broker_client_info *info, enum close_reason reason);
+};
+
 /* Creates a broker on base and binds every listener. Borrows cfg and base,
  * which must outlive the broker. NULL on failure (logged). */
 struct broker *broker_new(struct event_base *base, const struct broker_config *cfg);
@@ -44,6 +92,36 @@ void broker_free(struct broker *broker);
 /* The loop's inbox: other threads post work here (see common/inbox.h);
  * items run on the loop thread with full access to the broker. */
 struct inbox *broker_inbox(struct broker *broker);
+
+/* Installs hooks (borrowed; they must outlive the broker). */
+void broker_set_hooks(struct broker *broker, const struct broker_hooks *hooks);
+
+/* Completes a claim: with ok the client gets CONNACK 0 and its packets
+ * flow; without, CONNACK 0x03 (server unavailable) and the connection
+ * closes. If the connection died meanwhile, the released hook runs so the
+ * cluster can undo the claim. Frees token. */
+void broker_claim_done(struct broker_claim *token, bool ok);
+
+/* Closes the connection with this channel id, if it is still here.
+ * Returns false if no such connection. */
+bool broker_close_channel(struct broker *broker, uint64_t channel, enum close_reason reason);
+
+/* Publishes a message from the broker itself (events, $SYS): routed to
+ * local subscribers as if a client had published it. */
+void broker_publish(struct broker *broker, const char *topic, const void *payload, size_t len,
+                    uint8_t qos, bool retain);
+
+/* Calls fn for every connected client (not those still claiming). fn must
+ * not close connections. */
+void broker_foreach_client(struct broker *broker,
+                           void (*fn)(void *arg, const struct broker_client_info *info),
+                           void *arg);
+
+/* Clients connected now. */
+size_t broker_connected_count(const struct broker *broker);
+
+/* Closes every connection with CLOSE_SHUTDOWN (hooks see each release). */
+void broker_close_all(struct broker *broker);
 
 /* Stops accepting new connections (for shutdown). */
 void broker_stop_listening(struct broker *broker);

@@ -25,24 +25,10 @@ struct inbox;
 
 #define BROKER_READ_BUFFER (64u * 1024u)
 
-/* Why a connection ended; decides whether the will is published and is
- * what later offline events report. */
-enum close_reason {
-    CLOSE_NORMAL,            /* DISCONNECT received */
-    CLOSE_SOCKET_ERROR,      /* EOF or socket error without DISCONNECT */
-    CLOSE_PROTOCOL_ERROR,    /* malformed or illegal packet */
-    CLOSE_KEEPALIVE_TIMEOUT, /* silent beyond 1.5 x keepalive */
-    CLOSE_CONNECT_TIMEOUT,   /* no CONNECT in time */
-    CLOSE_TAKEOVER,          /* the same client id connected again */
-    CLOSE_REFUSED,           /* CONNACK with a non-zero code was sent */
-    CLOSE_SHUTDOWN,          /* broker stopping */
-    CLOSE_KICKED,            /* an operator asked (admin API) */
-};
-
-const char *close_reason_name(enum close_reason reason);
 
 enum conn_state {
     CONN_AWAIT_CONNECT,
+    CONN_CLAIMING, /* CONNECT accepted locally, waiting for the cluster's claim */
     CONN_ACTIVE,
 };
 
@@ -56,11 +42,16 @@ struct conn {
     uint8_t protocol_level;
     bool dirty;               /* on the broker's flush list */
     bool want_write;          /* EV_WRITE armed */
+    bool paused;              /* reading stopped while a claim is pending */
+    bool dispatching;         /* inside process(): input must not be re-entered */
     uint16_t keepalive;       /* seconds */
     uint64_t last_rx_ms;
     uint64_t channel;         /* unique per connection on this node */
     struct session *session;  /* NULL until CONNECT is accepted */
     struct message *will;     /* NULL if none; retain/qos inside */
+    struct broker_claim *claim; /* pending cluster claim, CONN_CLAIMING only */
+    char *username;           /* NULL without one */
+    uint64_t connected_at_ms; /* wall clock, at CONNACK */
 
     /* Bytes of a packet that straddled reads. */
     uint8_t *in;
@@ -74,6 +65,21 @@ struct conn {
     struct conn *dirty_next;
     struct conn *prev, *next; /* all connections of the broker */
     char peer[56];            /* "ip:port" for logs */
+};
+
+/* A claim in progress: what finishing the CONNECT needs, and enough of the
+ * client to undo the claim if the connection dies first. */
+struct broker_claim {
+    struct broker *broker;
+    struct conn *conn; /* NULL once the connection is gone */
+    uint64_t channel;
+    uint16_t keepalive;
+    uint8_t protocol_level;
+    bool clean;
+    char *username;
+    char peer[56];
+    uint16_t client_id_len;
+    char client_id[];
 };
 
 /* One message waiting for its acknowledgement from the client. */
@@ -157,6 +163,7 @@ struct broker {
     struct listener_slot *listeners;
     size_t listener_count;
     struct inbox *inbox; /* work posted by other threads (HTTP handlers) */
+    const struct broker_hooks *hooks; /* NULL: standalone */
 
     struct conn *conns; /* every connection */
     struct conn *dirty; /* connections with output to flush */
@@ -202,6 +209,14 @@ void conn_close(struct conn *c, enum close_reason reason);
 
 /* Writes every dirty connection's output. */
 void conn_flush_all(struct broker *b);
+
+/* Stops reading while a claim is pending; resume_input re-enables reading
+ * and runs any packets that arrived meanwhile. */
+void conn_pause_input(struct conn *c);
+void conn_resume_input(struct conn *c);
+
+/* Fills info from a connected (or claiming) connection. */
+void conn_client_info(const struct conn *c, struct broker_client_info *info);
 
 /* ---- handlers (handle_*.c): one per packet type family ---- */
 

@@ -72,7 +72,34 @@ conn_update_events(struct conn *c)
 {
     bool blocked = out_pending(c) > 0 && c->want_write;
     bool over = out_pending(c) > c->broker->cfg->max_output_buffer;
-    conn_set_events(c, !over, blocked);
+    conn_set_events(c, !over && !c->paused, blocked);
+}
+
+void
+conn_pause_input(struct conn *c)
+{
+    c->paused = true;
+    conn_update_events(c);
+}
+
+void
+conn_client_info(const struct conn *c, struct broker_client_info *info)
+{
+    const struct message *will = c->will;
+    *info = (struct broker_client_info){
+        .client_id = c->session ? c->session->client_id : c->claim ? c->claim->client_id : "",
+        .username = c->username,
+        .peer = c->peer,
+        .channel = c->channel,
+        .connected_at_ms = c->connected_at_ms,
+        .protocol_level = c->protocol_level,
+        .clean_session = c->session ? c->session->clean : c->claim && c->claim->clean,
+        .will_topic = will ? will->topic : NULL,
+        .will_payload = will ? will->payload : NULL,
+        .will_payload_len = will ? will->payload_len : 0,
+        .will_qos = will ? will->qos : 0,
+        .will_retain = will && will->retain,
+    };
 }
 
 void
@@ -247,12 +274,28 @@ detach_session(struct broker *b, struct conn *c)
     }
 }
 
+/* Tells the cluster layer the client is gone, or orphans a pending claim
+ * (broker_claim_done() then undoes it). */
+static void
+release_claim(struct broker *b, struct conn *c, enum close_reason reason)
+{
+    if (c->claim) {
+        c->claim->conn = NULL;
+        c->claim = NULL;
+    } else if (c->state == CONN_ACTIVE && b->hooks && b->hooks->released) {
+        struct broker_client_info info;
+        conn_client_info(c, &info);
+        b->hooks->released(b->hooks->ctx, &info, reason);
+    }
+}
+
 void
 conn_close(struct conn *c, enum close_reason reason)
 {
     struct broker *b = c->broker;
     log_debug("closing connection %llu from %s: %s", (unsigned long long)c->channel, c->peer,
               close_reason_name(reason));
+    release_claim(b, c, reason);
     /* Best effort for a last CONNACK or similar; never wait. */
     if (out_pending(c) > 0 && reason != CLOSE_SOCKET_ERROR) {
         ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
@@ -276,6 +319,7 @@ conn_close(struct conn *c, enum close_reason reason)
     b->metrics.connections_closed++;
     free(c->in);
     free(c->out);
+    free(c->username);
     free(c);
 
     /* After the session is detached, so a persistent session of the same
@@ -380,6 +424,23 @@ reject_packet(struct conn *c, enum rmq_status st, const uint8_t *buf, size_t len
     return false;
 }
 
+/* Keeps bytes that arrived behind a CONNECT whose claim is pending. */
+static bool
+keep_input(struct conn *c, const uint8_t *buf, size_t len)
+{
+    if (len == 0)
+        return true;
+    c->in = malloc(len);
+    if (!c->in) {
+        conn_close(c, CLOSE_SOCKET_ERROR);
+        return false;
+    }
+    memcpy(c->in, buf, len);
+    c->in_len = c->in_cap = (uint32_t)len;
+    c->in_need = 0;
+    return true;
+}
+
 /* Decodes and runs every complete packet in buf; keeps the incomplete tail.
  * Returns false if the connection was closed. */
 static bool
@@ -411,8 +472,12 @@ process(struct conn *c, const uint8_t *buf, size_t len)
         if (st != RMQ_OK)
             return reject_packet(c, st, buf + off, len - off);
         off += used;
+        c->dispatching = true;
         if (!dispatch(c, &p))
             return false;
+        c->dispatching = false;
+        if (c->state == CONN_CLAIMING)
+            return keep_input(c, buf + off, len - off);
     }
     return true;
 }
@@ -474,6 +539,22 @@ conn_on_read(struct conn *c)
         conn_update_events(c);
 }
 
+void
+conn_resume_input(struct conn *c)
+{
+    c->paused = false;
+    conn_update_events(c);
+    if (!c->in_len || c->in_need > BROKER_READ_BUFFER)
+        return;
+    uint8_t *buf = c->broker->rbuf;
+    size_t len = c->in_len;
+    memcpy(buf, c->in, len);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = c->in_need = 0;
+    process(c, buf, len);
+}
+
 static void
 conn_on_event(evutil_socket_t fd, short what, void *arg)
 {
@@ -497,8 +578,8 @@ conn_on_timer(struct timer_entry *entry, uint64_t now_ms)
 {
     struct conn *c = (struct conn *)((char *)entry - offsetof(struct conn, timer));
     struct broker *b = c->broker;
-    if (c->state == CONN_AWAIT_CONNECT) {
-        log_info("%s: no CONNECT within %llu ms, closing", c->peer,
+    if (c->state != CONN_ACTIVE) {
+        log_info("%s: not connected within %llu ms, closing", c->peer,
                  (unsigned long long)b->cfg->connect_timeout_ms);
         b->metrics.connect_timeouts++;
         conn_close(c, CLOSE_CONNECT_TIMEOUT);

@@ -1,15 +1,19 @@
 /* CONNECT: validation, authentication, client-id takeover, session lookup
  * or creation, the will, keepalive, and CONNACK.
  *
- * Returns RMQ_OK when the client is connected; any other status means the
- * caller closes the connection (RMQ_PROTOCOL for a protocol violation, with
- * no CONNACK; otherwise a CONNACK with the refusal code has been queued).
+ * Returns RMQ_OK when the client is connected or its cluster claim is in
+ * flight (state CONN_CLAIMING: broker_claim_done() finishes it); any other
+ * status means the caller closes the connection (RMQ_PROTOCOL for a protocol
+ * violation, with no CONNACK; otherwise a CONNACK with the refusal code has
+ * been queued).
  * Loop thread only. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "broker/broker_internal.h"
 #include "broker/topic.h"
+#include "common/clock.h"
 #include "common/hashmap.h"
 #include "common/log.h"
 
@@ -85,6 +89,113 @@ start_keepalive(struct conn *c, uint16_t keepalive)
         timer_entry_cancel(&c->timer);
 }
 
+/* Attaches the session and sends CONNACK 0: the client is connected. */
+static enum rmq_status
+finish_connect(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t keepalive)
+{
+    struct broker *b = c->broker;
+    struct session *s = takeover(b, id, id_len, clean);
+    bool present = s != NULL;
+    if (!s) {
+        s = session_new(id, id_len, clean);
+        if (!s || hashmap_put(b->sessions, s->client_id, s->client_id_len, s, NULL) != RMQ_OK) {
+            session_free(b, s);
+            return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+        }
+    }
+    s->clean = clean;
+    s->conn = c;
+    c->session = s;
+    c->state = CONN_ACTIVE;
+    c->connected_at_ms = clock_wall_ms();
+    b->connected_count++;
+    start_keepalive(c, keepalive);
+
+    uint8_t out[4];
+    /* Session present exists from 3.1.1 on; in 3.1 that byte is reserved. */
+    bool sp = present && c->protocol_level >= MQTT_PROTO_V311;
+    conn_write(c, out, mqtt_encode_connack(out, sp, MQTT_CONNACK_ACCEPTED));
+    log_info("client %s connected from %s (MQTT %s, clean %d, keepalive %u)", s->client_id,
+             c->peer, c->protocol_level == MQTT_PROTO_V31 ? "3.1" : "3.1.1", clean,
+             (unsigned)keepalive);
+    session_resume(b, s);
+    return RMQ_OK;
+}
+
+/* Hands the client to the cluster layer; CONNACK waits for its answer. */
+static enum rmq_status
+start_claim(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t keepalive)
+{
+    struct broker *b = c->broker;
+    struct broker_claim *t = calloc(1, sizeof(*t) + id_len + 1);
+    if (!t)
+        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+    *t = (struct broker_claim){
+        .broker = b,
+        .conn = c,
+        .channel = c->channel,
+        .keepalive = keepalive,
+        .protocol_level = c->protocol_level,
+        .clean = clean,
+        .client_id_len = (uint16_t)id_len,
+    };
+    memcpy(t->client_id, id, id_len);
+    memcpy(t->peer, c->peer, sizeof(t->peer));
+    if (c->username && !(t->username = strdup(c->username))) {
+        free(t);
+        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+    }
+    c->claim = t;
+    c->state = CONN_CLAIMING;
+    c->connected_at_ms = clock_wall_ms();
+    conn_pause_input(c);
+    struct broker_client_info info;
+    conn_client_info(c, &info);
+    b->hooks->claim(b->hooks->ctx, t, &info);
+    return RMQ_OK;
+}
+
+static void
+claim_free(struct broker_claim *t)
+{
+    free(t->username);
+    free(t);
+}
+
+void
+broker_claim_done(struct broker_claim *t, bool ok)
+{
+    struct broker *b = t->broker;
+    struct conn *c = t->conn;
+    if (!c) {
+        /* The connection died while the claim was in flight: undo it. */
+        if (ok && b->hooks && b->hooks->released) {
+            struct broker_client_info info = {
+                .client_id = t->client_id, .username = t->username, .peer = t->peer,
+                .channel = t->channel, .protocol_level = t->protocol_level,
+                .clean_session = t->clean,
+            };
+            b->hooks->released(b->hooks->ctx, &info, CLOSE_SOCKET_ERROR);
+        }
+        claim_free(t);
+        return;
+    }
+    c->claim = NULL;
+    enum rmq_status st = ok ? finish_connect(c, t->client_id, t->client_id_len, t->clean,
+                                             t->keepalive)
+                            : refuse(c, MQTT_CONNACK_UNAVAILABLE, "cluster claim failed");
+    claim_free(t);
+    if (st != RMQ_OK) {
+        c->state = CONN_AWAIT_CONNECT; /* never claimed: no release */
+        conn_close(c, CLOSE_REFUSED);
+        return;
+    }
+    if (c->dispatching)
+        c->paused = false; /* answered inline: process() carries on */
+    else
+        conn_resume_input(c);
+}
+
 enum rmq_status
 handle_connect(struct conn *c, const struct mqtt_packet *p)
 {
@@ -109,30 +220,10 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
     enum rmq_status st = take_will(c, cn);
     if (st != RMQ_OK)
         return st;
-
-    struct session *s = takeover(b, id, id_len, cn->clean_session);
-    bool present = s != NULL;
-    if (!s) {
-        s = session_new(id, id_len, cn->clean_session);
-        if (!s || hashmap_put(b->sessions, s->client_id, s->client_id_len, s, NULL) != RMQ_OK) {
-            session_free(b, s);
-            return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
-        }
-    }
-    s->clean = cn->clean_session;
-    s->conn = c;
-    c->session = s;
-    c->state = CONN_ACTIVE;
-    b->connected_count++;
-    start_keepalive(c, cn->keepalive);
-
-    uint8_t out[4];
-    /* Session present exists from 3.1.1 on; in 3.1 that byte is reserved. */
-    bool sp = present && cn->protocol_level >= MQTT_PROTO_V311;
-    conn_write(c, out, mqtt_encode_connack(out, sp, MQTT_CONNACK_ACCEPTED));
-    log_info("client %s connected from %s (MQTT %s, clean %d, keepalive %u)", s->client_id,
-             c->peer, cn->protocol_level == MQTT_PROTO_V31 ? "3.1" : "3.1.1",
-             cn->clean_session, (unsigned)cn->keepalive);
-    session_resume(b, s);
-    return RMQ_OK;
+    if (cn->has_username &&
+        !(c->username = strndup((const char *)cn->username.data, cn->username.len)))
+        return RMQ_NOMEM;
+    if (b->hooks && b->hooks->claim)
+        return start_claim(c, id, id_len, cn->clean_session, cn->keepalive);
+    return finish_connect(c, id, id_len, cn->clean_session, cn->keepalive);
 }

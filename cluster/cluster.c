@@ -1,0 +1,270 @@
+/* Cluster membership and life cycle: the node record and its heartbeat,
+ * detection and clean-up of dead nodes (exactly one survivor reaps each,
+ * publishing the wills it finds and emitting node_down events), clean-up
+ * of this node's previous life at start, and re-assertion of every live
+ * device whenever Redis comes back. Device claims and events are in
+ * registry.c. Loop thread only. */
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/cluster_internal.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+/* Reaps a dead node (or, with ARGV[3] = '1', this node's previous life):
+ * removes its device entries and returns them with their wills. SREM on
+ * the node set makes exactly one caller do it. */
+static const char reap_lua[] =
+    "local p, dead = ARGV[1], ARGV[2]\n"
+    "if ARGV[3] ~= '1' then\n"
+    "  if redis.call('EXISTS', p .. 'node:' .. dead) == 1 then return false end\n"
+    "  if redis.call('SREM', KEYS[1], dead) == 0 then return false end\n"
+    "end\n"
+    "local set = p .. 'node:' .. dead .. ':devices'\n"
+    "local out = {}\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', set)) do\n"
+    "  local k = p .. 'dev:' .. id\n"
+    "  local f = redis.call('HMGET', k, 'node', 'client_id', 'username', 'peer',\n"
+    "                       'will_topic', 'will_payload', 'will_qos', 'will_retain')\n"
+    "  if f[1] == dead then\n"
+    "    redis.call('DEL', k)\n"
+    "    table.insert(out, {id, f[2] or '', f[3] or '', f[4] or '', f[5] or '',\n"
+    "                       f[6] or '', f[7] or '0', f[8] or '0'})\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', set)\n"
+    "return out\n";
+
+/* Node ids in the node set whose record has expired. */
+static const char dead_lua[] =
+    "local out = {}\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then\n"
+    "    table.insert(out, id)\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* Forgets this node's device entries (before re-asserting the live ones). */
+static const char purge_lua[] =
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  local k = ARGV[1] .. 'dev:' .. id\n"
+    "  if redis.call('HGET', k, 'node') == ARGV[2] then redis.call('DEL', k) end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+void
+cluster_ignore_reply(struct redisReply *reply, void *arg)
+{
+}
+
+static const char *
+str_at(const redisReply *r, size_t i)
+{
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : "";
+}
+
+/* One device of a dead node: its will and its offline event. */
+static void
+reap_device(struct cluster *cl, const char *node, const redisReply *d)
+{
+    const char *device = str_at(d, 0), *will_topic = str_at(d, 4);
+    if (will_topic[0]) {
+        const redisReply *payload = d->element[5];
+        broker_publish(cl->broker, will_topic, payload->str, payload->len,
+                       (uint8_t)atoi(str_at(d, 6)), atoi(str_at(d, 7)) != 0);
+    }
+    registry_emit_event(cl, "offline", device, str_at(d, 1), str_at(d, 2), node, str_at(d, 3),
+                        "node_down");
+}
+
+struct reap_ctx {
+    struct cluster *cl;
+    char node[];
+};
+
+static void
+on_reap_reply(struct redisReply *reply, void *arg)
+{
+    struct reap_ctx *x = arg;
+    struct cluster *cl = x->cl;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && !cl->closing) {
+        bool self = strcmp(x->node, cl->cfg->node_id) == 0;
+        if (self && reply->elements)
+            log_info("released %zu device(s) left by this node's previous run", reply->elements);
+        else if (!self) {
+            log_info("node %s is gone: %zu device(s) released", x->node, reply->elements);
+            cl->nodes_reaped++;
+        }
+        for (size_t i = 0; i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_ARRAY && reply->element[i]->elements == 8)
+                reap_device(cl, x->node, reply->element[i]);
+    }
+    free(x);
+}
+
+static void
+reap(struct cluster *cl, const char *node, bool own_previous_life)
+{
+    size_t n = strlen(node) + 1;
+    struct reap_ctx *x = malloc(sizeof(*x) + n);
+    if (!x)
+        return;
+    x->cl = cl;
+    memcpy(x->node, node, n);
+    const char *argv[] = {cl->key_nodes, cl->cfg->prefix, node, own_previous_life ? "1" : "0"};
+    if (redis_link_eval(cl->redis, cl->script_reap, on_reap_reply, x, 1, 4, argv, NULL) != RMQ_OK)
+        free(x);
+}
+
+static void
+on_dead_reply(struct redisReply *reply, void *arg)
+{
+    struct cluster *cl = arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || cl->closing)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING)
+            reap(cl, reply->element[i]->str, false);
+}
+
+/* Writes the node record with its TTL, then looks for dead nodes. */
+static void
+heartbeat(struct cluster *cl)
+{
+    char ttl[24], started[24], epoch[24], conns[24];
+    snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)cl->cfg->node_ttl_ms);
+    snprintf(started, sizeof(started), "%llu", (unsigned long long)cl->started_ms);
+    snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)cl->epoch);
+    snprintf(conns, sizeof(conns), "%zu", broker_connected_count(cl->broker));
+    const char *hset[] = {"HSET", cl->key_node, "id", cl->cfg->node_id, "addr",
+                          cl->cfg->advertise, "started_at", started, "epoch", epoch,
+                          "version", RELAYMQ_VERSION, "conns", conns};
+    const char *expire[] = {"PEXPIRE", cl->key_node, ttl};
+    const char *sadd[] = {"SADD", cl->key_nodes, cl->cfg->node_id};
+    const char *dead[] = {cl->key_nodes, cl->cfg->prefix, cl->cfg->node_id};
+    redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 14, hset, NULL);
+    redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, expire, NULL);
+    redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, sadd, NULL);
+    redis_link_eval(cl->redis, cl->script_dead, on_dead_reply, cl, 1, 3, dead, NULL);
+}
+
+static void
+on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    struct cluster *cl = arg;
+    if (redis_link_is_up(cl->redis))
+        heartbeat(cl);
+}
+
+static void
+on_redis_up(void *ctx)
+{
+    struct cluster *cl = ctx;
+    if (!cl->registered_once) {
+        /* Entries a previous life of this node left behind. */
+        reap(cl, cl->cfg->node_id, true);
+        cl->registered_once = true;
+    } else {
+        const char *argv[] = {cl->key_my_devices, cl->cfg->prefix, cl->cfg->node_id};
+        redis_link_eval(cl->redis, cl->script_purge, cluster_ignore_reply, NULL, 1, 3, argv,
+                        NULL);
+    }
+    heartbeat(cl);
+    /* Same connection, so these run after the purge: the registry ends up
+     * naming exactly the clients connected here now. */
+    broker_foreach_client(cl->broker, registry_reassert_one, cl);
+    cl->reassert_needed = false;
+}
+
+static void
+on_redis_down(void *ctx)
+{
+    struct cluster *cl = ctx;
+    cl->reassert_needed = true;
+}
+
+static void
+make_keys(struct cluster *cl)
+{
+    const char *p = cl->cfg->prefix, *id = cl->cfg->node_id;
+    snprintf(cl->key_node, sizeof(cl->key_node), "%snode:%s", p, id);
+    snprintf(cl->key_nodes, sizeof(cl->key_nodes), "%snodes", p);
+    snprintf(cl->key_my_devices, sizeof(cl->key_my_devices), "%snode:%s:devices", p, id);
+    snprintf(cl->key_events, sizeof(cl->key_events), "%sevents", p);
+}
+
+struct cluster *
+cluster_new(struct event_base *base, struct broker *broker, const struct cluster_config *cfg)
+{
+    struct cluster *cl = calloc(1, sizeof(*cl));
+    if (!cl)
+        return NULL;
+    cl->cfg = cfg;
+    cl->broker = broker;
+    cl->epoch = cl->started_ms = clock_wall_ms();
+    make_keys(cl);
+    cl->link_events = (struct redis_link_events){.up = on_redis_up, .down = on_redis_down,
+                                                 .ctx = cl};
+    cl->redis = redis_link_new(base, cfg->redis_url, &cl->link_events);
+    if (!cl->redis)
+        goto fail;
+    cl->script_claim = redis_link_script(cl->redis, registry_claim_lua);
+    cl->script_release = redis_link_script(cl->redis, registry_release_lua);
+    cl->script_reap = redis_link_script(cl->redis, reap_lua);
+    cl->script_dead = redis_link_script(cl->redis, dead_lua);
+    cl->script_purge = redis_link_script(cl->redis, purge_lua);
+    uint64_t period = cfg->node_ttl_ms / 3;
+    struct timeval tv = {(time_t)(period / 1000), (suseconds_t)(period % 1000) * 1000};
+    cl->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, cl);
+    if (!cl->heartbeat || event_add(cl->heartbeat, &tv) != 0)
+        goto fail;
+    cl->hooks = (struct broker_hooks){.ctx = cl, .claim = registry_on_claim,
+                                      .released = registry_on_released};
+    broker_set_hooks(broker, &cl->hooks);
+    log_info("cluster: node %s, redis %s, prefix '%s'", cfg->node_id, cfg->redis_url,
+             cfg->prefix);
+    return cl;
+fail:
+    cluster_free(cl);
+    return NULL;
+}
+
+void
+cluster_free(struct cluster *cl)
+{
+    if (!cl)
+        return;
+    cl->closing = true;
+    broker_set_hooks(cl->broker, NULL);
+    if (redis_link_is_up(cl->redis)) {
+        /* Leave cleanly, so no survivor reaps this node as dead. */
+        const char *del[] = {"DEL", cl->key_node};
+        const char *srem[] = {"SREM", cl->key_nodes, cl->cfg->node_id};
+        redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 2, del, NULL);
+        redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, srem, NULL);
+        redis_link_flush(cl->redis, 500);
+    }
+    if (cl->heartbeat)
+        event_free(cl->heartbeat);
+    redis_link_free(cl->redis);
+    free(cl);
+}
+
+void
+cluster_set_close_remote(struct cluster *cl, cluster_close_remote_fn fn, void *ctx)
+{
+    cl->close_remote = fn;
+    cl->close_remote_ctx = ctx;
+}
+
+bool
+cluster_redis_up(const struct cluster *cl)
+{
+    return cl && redis_link_is_up(cl->redis);
+}

@@ -1,0 +1,54 @@
+/* The cluster control plane of one node: its record in Redis (membership
+ * with a TTL and heartbeat), the device registry (claim on CONNECT,
+ * compare-and-delete on disconnect), online/offline events, and the
+ * clean-up of nodes that died. Installs itself as the broker's hooks.
+ *
+ * Redis key schema (prefix P, default "rmq:"), documented in docs/redis.md:
+ *   P node:{id}           hash, TTL node-ttl: id addr started_at epoch version conns
+ *   P nodes               set of node ids that registered
+ *   P node:{id}:devices   set of device ids the node holds
+ *   P dev:{device}        hash: the live connection of a device (see registry.c)
+ *   P events              stream of online/offline events
+ *
+ * Loop thread only. When Redis is unreachable the node keeps serving: claims
+ * succeed locally and every live device is re-asserted when Redis returns. */
+#ifndef RMQ_CLUSTER_CLUSTER_H
+#define RMQ_CLUSTER_CLUSTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct event_base;
+struct broker;
+struct cluster;
+
+struct cluster_config {
+    const char *redis_url;
+    const char *prefix;
+    const char *node_id;
+    const char *advertise;  /* internal API address other nodes use; may be "" */
+    uint64_t node_ttl_ms;
+    bool device_by_username; /* device id = username instead of client id */
+    int64_t events_maxlen;
+};
+
+/* Asks the node at `addr` to close one of its connections. Installed by
+ * main once the internal API client exists; without it a takeover across
+ * nodes only updates the registry. */
+typedef void (*cluster_close_remote_fn)(void *ctx, const char *node, const char *addr,
+                                        uint64_t channel, const char *reason);
+
+/* Connects to Redis and hooks into the broker. Borrows everything.
+ * NULL on failure (logged). */
+struct cluster *cluster_new(struct event_base *base, struct broker *broker,
+                            const struct cluster_config *cfg);
+
+/* Releases this node's record and devices best-effort, then frees. NULL-safe. */
+void cluster_free(struct cluster *cluster);
+
+void cluster_set_close_remote(struct cluster *cluster, cluster_close_remote_fn fn, void *ctx);
+
+/* True while Redis is reachable (readiness). */
+bool cluster_redis_up(const struct cluster *cluster);
+
+#endif

@@ -1,0 +1,60 @@
+/* State shared by the cluster folder's files (cluster.c: membership and
+ * life cycle; registry.c: device claims, releases and events). */
+#ifndef RMQ_CLUSTER_CLUSTER_INTERNAL_H
+#define RMQ_CLUSTER_CLUSTER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "broker/broker.h"
+#include "cluster/cluster.h"
+#include "cluster/redis_link.h"
+
+#define CLUSTER_KEY_MAX 512
+
+struct event;
+
+struct cluster {
+    const struct cluster_config *cfg;
+    struct broker *broker;
+    struct redis_link *redis;
+    struct redis_link_events link_events;
+    struct broker_hooks hooks;
+    struct event *heartbeat;
+    uint64_t epoch;      /* start time, ms since the Unix epoch: this life of the node */
+    uint64_t started_ms; /* same clock, for uptime */
+    bool registered_once;
+    bool reassert_needed;
+    bool closing;
+    int script_claim, script_release, script_reap, script_dead, script_purge;
+    char key_node[CLUSTER_KEY_MAX];
+    char key_nodes[CLUSTER_KEY_MAX];
+    char key_my_devices[CLUSTER_KEY_MAX];
+    char key_events[CLUSTER_KEY_MAX];
+    cluster_close_remote_fn close_remote;
+    void *close_remote_ctx;
+    uint64_t remote_takeovers;
+    uint64_t events_dropped;
+    uint64_t nodes_reaped;
+};
+
+extern const char registry_claim_lua[];
+extern const char registry_release_lua[];
+
+/* A reply callback that only lets the reply go. */
+void cluster_ignore_reply(struct redisReply *reply, void *arg);
+
+const char *registry_device_id(const struct cluster *cl, const struct broker_client_info *info);
+void registry_on_claim(void *ctx, struct broker_claim *token,
+                       const struct broker_client_info *info);
+void registry_on_released(void *ctx, const struct broker_client_info *info,
+                          enum close_reason reason);
+void registry_reassert_one(void *arg, const struct broker_client_info *info);
+
+/* Appends to the events stream and publishes on $SYS/brokers/...; reason
+ * NULL for online events. */
+void registry_emit_event(struct cluster *cl, const char *type, const char *device,
+                         const char *client_id, const char *username, const char *node,
+                         const char *peer, const char *reason);
+
+#endif

@@ -1,0 +1,337 @@
+/* Asynchronous Redis connection with reconnect; see redis_link.h.
+ *
+ * Lifecycle: CONNECTING -> (SELECT, SCRIPT LOAD ...) -> UP -> on any
+ * disconnect: DOWN, a backoff timer (100 ms doubling to 2 s), CONNECTING.
+ * hiredis frees its context after the connect-failure and disconnect
+ * callbacks; we only drop our pointer there. Every command carries a small
+ * heap record (callback, argument, start time) freed when its reply comes.
+ * Loop thread only. */
+#include "cluster/redis_link.h"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+
+#define MAX_SCRIPTS 16
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+struct script {
+    char *body;
+    char sha[41];
+};
+
+struct redis_link {
+    struct event_base *base;
+    const struct redis_link_events *events;
+    redisAsyncContext *ac;
+    char host[256];
+    int port;
+    int db;
+    bool up;
+    bool freeing;
+    int loading; /* setup replies still awaited before "up" */
+    uint64_t backoff_ms;
+    struct event *retry;
+    struct script scripts[MAX_SCRIPTS];
+    int script_count;
+    struct redis_link_stats stats;
+};
+
+struct pending {
+    struct redis_link *link;
+    redis_link_cb cb;
+    void *arg;
+    uint64_t started_us;
+};
+
+static uint64_t
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static enum rmq_status
+parse_url(struct redis_link *link, const char *url)
+{
+    const char *p = strncmp(url, "redis://", 8) == 0 ? url + 8 : NULL;
+    if (!p)
+        return RMQ_INVALID;
+    const char *colon = strchr(p, ':');
+    const char *slash = strchr(p, '/');
+    size_t hl = colon ? (size_t)(colon - p) : slash ? (size_t)(slash - p) : strlen(p);
+    if (hl == 0 || hl >= sizeof(link->host))
+        return RMQ_INVALID;
+    memcpy(link->host, p, hl);
+    link->host[hl] = '\0';
+    link->port = 6379;
+    if (colon) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (port <= 0 || port > 65535 || (*end && *end != '/'))
+            return RMQ_INVALID;
+        link->port = (int)port;
+    }
+    if (slash) {
+        char *end;
+        long db = strtol(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end || db < 0 || db > 1000)
+            return RMQ_INVALID;
+        link->db = (int)db;
+    }
+    return RMQ_OK;
+}
+
+static void start_connect(struct redis_link *link);
+
+static void
+on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    start_connect(arg);
+}
+
+static void
+schedule_retry(struct redis_link *link)
+{
+    if (link->freeing)
+        return;
+    struct timeval tv = {(time_t)(link->backoff_ms / 1000),
+                         (suseconds_t)(link->backoff_ms % 1000) * 1000};
+    evtimer_add(link->retry, &tv);
+    link->backoff_ms = link->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : link->backoff_ms * 2;
+}
+
+static void
+went_down(struct redis_link *link, const char *why)
+{
+    bool was_up = link->up;
+    link->up = false;
+    link->ac = NULL;
+    if (link->freeing)
+        return;
+    if (was_up) {
+        log_warn("redis %s:%d: connection lost (%s); reconnecting", link->host, link->port, why);
+        if (link->events->down)
+            link->events->down(link->events->ctx);
+    }
+    link->stats.reconnects++;
+    schedule_retry(link);
+}
+
+static void
+on_setup_reply(redisAsyncContext *ac, void *r, void *arg)
+{
+    struct redis_link *link = arg;
+    redisReply *reply = r;
+    if (!reply || link->freeing)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_error("redis %s:%d: setup failed: %s", link->host, link->port, reply->str);
+        link->stats.errors++;
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (--link->loading == 0) {
+        link->up = true;
+        link->backoff_ms = BACKOFF_MIN_MS;
+        log_info("redis %s:%d: connected", link->host, link->port);
+        if (link->events->up)
+            link->events->up(link->events->ctx);
+    }
+}
+
+static void
+on_connect(const redisAsyncContext *cac, int status)
+{
+    struct redis_link *link = cac->data;
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    if (status != REDIS_OK) {
+        log_debug("redis %s:%d: connect failed: %s", link->host, link->port, cac->errstr);
+        went_down(link, cac->errstr);
+        return;
+    }
+    link->loading = 1 + link->script_count;
+    redisAsyncCommand(ac, on_setup_reply, link, "SELECT %d", link->db);
+    for (int i = 0; i < link->script_count; i++)
+        redisAsyncCommand(ac, on_setup_reply, link, "SCRIPT LOAD %s", link->scripts[i].body);
+}
+
+static void
+on_disconnect(const redisAsyncContext *cac, int status)
+{
+    struct redis_link *link = cac->data;
+    went_down(link, status == REDIS_OK ? "closed" : cac->errstr);
+}
+
+static void
+start_connect(struct redis_link *link)
+{
+    redisAsyncContext *ac = redisAsyncConnect(link->host, link->port);
+    if (!ac || ac->err) {
+        log_debug("redis %s:%d: %s", link->host, link->port, ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        link->stats.reconnects++;
+        schedule_retry(link);
+        return;
+    }
+    ac->data = link;
+    link->ac = ac;
+    redisLibeventAttach(ac, link->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+}
+
+struct redis_link *
+redis_link_new(struct event_base *base, const char *url, const struct redis_link_events *events)
+{
+    struct redis_link *link = calloc(1, sizeof(*link));
+    if (!link)
+        return NULL;
+    link->base = base;
+    link->events = events;
+    link->backoff_ms = BACKOFF_MIN_MS;
+    if (parse_url(link, url) != RMQ_OK) {
+        log_error("redis: '%s' is not redis://HOST:PORT[/DB]", url);
+        free(link);
+        return NULL;
+    }
+    link->retry = evtimer_new(base, on_retry, link);
+    if (!link->retry) {
+        free(link);
+        return NULL;
+    }
+    /* Connect from the loop, so scripts registered right after are loaded. */
+    struct timeval now = {0, 0};
+    evtimer_add(link->retry, &now);
+    return link;
+}
+
+void
+redis_link_free(struct redis_link *link)
+{
+    if (!link)
+        return;
+    link->freeing = true;
+    if (link->ac)
+        redisAsyncFree(link->ac); /* runs pending callbacks with NULL */
+    event_free(link->retry);
+    for (int i = 0; i < link->script_count; i++)
+        free(link->scripts[i].body);
+    free(link);
+}
+
+bool
+redis_link_is_up(const struct redis_link *link)
+{
+    return link && link->up;
+}
+
+int
+redis_link_script(struct redis_link *link, const char *body)
+{
+    if (link->script_count == MAX_SCRIPTS)
+        return -1;
+    struct script *s = &link->scripts[link->script_count];
+    s->body = strdup(body);
+    if (!s->body)
+        return -1;
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)body, strlen(body), digest);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(s->sha + 2 * i, 3, "%02x", digest[i]);
+    return link->script_count++;
+}
+
+static void
+on_reply(redisAsyncContext *ac, void *r, void *arg)
+{
+    struct pending *p = arg;
+    struct redis_link *link = p->link;
+    redisReply *reply = r;
+    link->stats.latency_us_sum += now_us() - p->started_us;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        link->stats.errors++;
+        if (reply)
+            log_warn("redis: error reply: %s", reply->str);
+    }
+    p->cb(reply, p->arg);
+    free(p);
+}
+
+enum rmq_status
+redis_link_argv(struct redis_link *link, redis_link_cb cb, void *arg, int argc, const char **argv,
+                const size_t *lens)
+{
+    if (!link->up || !link->ac)
+        return RMQ_AGAIN;
+    struct pending *p = malloc(sizeof(*p));
+    if (!p)
+        return RMQ_NOMEM;
+    *p = (struct pending){.link = link, .cb = cb, .arg = arg, .started_us = now_us()};
+    if (redisAsyncCommandArgv(link->ac, on_reply, p, argc, argv, lens) != REDIS_OK) {
+        free(p);
+        return RMQ_AGAIN;
+    }
+    link->stats.commands++;
+    return RMQ_OK;
+}
+
+enum rmq_status
+redis_link_eval(struct redis_link *link, int script, redis_link_cb cb, void *arg, int nkeys,
+                int argc, const char **argv, const size_t *lens)
+{
+    enum { MAX_ARGS = 64 };
+    const char *av[MAX_ARGS + 3];
+    size_t al[MAX_ARGS + 3];
+    char nk[16];
+    if (script < 0 || script >= link->script_count || argc > MAX_ARGS)
+        return RMQ_INVALID;
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    av[0] = "EVALSHA";
+    al[0] = 7;
+    av[1] = link->scripts[script].sha;
+    al[1] = 40;
+    av[2] = nk;
+    al[2] = strlen(nk);
+    for (int i = 0; i < argc; i++) {
+        av[3 + i] = argv[i];
+        al[3 + i] = lens ? lens[i] : strlen(argv[i]);
+    }
+    return redis_link_argv(link, cb, arg, argc + 3, av, al);
+}
+
+void
+redis_link_flush(struct redis_link *link, int timeout_ms)
+{
+    if (!link->ac)
+        return;
+    redisContext *c = &link->ac->c;
+    uint64_t deadline = clock_monotonic_ms() + (uint64_t)timeout_ms;
+    int done = 0;
+    while (!done && clock_monotonic_ms() < deadline) {
+        if (redisBufferWrite(c, &done) == REDIS_ERR)
+            return;
+        if (!done) {
+            struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
+            poll(&pfd, 1, 10);
+        }
+    }
+}
+
+void
+redis_link_stats(const struct redis_link *link, struct redis_link_stats *out)
+{
+    *out = link->stats;
+}

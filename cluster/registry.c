@@ -1,0 +1,223 @@
+/* The device registry in Redis: one Lua script claims a device for a
+ * connection (returning the previous owner), one releases it only if it
+ * still names that connection, and the online/offline events that go with
+ * both. See cluster.h for the key schema and cluster_internal.h for the
+ * shared state. Loop thread only.
+ *
+ * dev:{device} fields: device client_id node addr channel channel_id epoch
+ * peer connected_at username proto clean will_topic will_payload will_qos
+ * will_retain. channel_id = "{node}/{epoch}/{channel}" names the connection
+ * uniquely across the cluster and across restarts of a node. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "cluster/cluster_internal.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+const char registry_claim_lua[] =
+    "local prev = redis.call('HMGET', KEYS[1], 'node', 'addr', 'channel', 'channel_id')\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n"
+    "redis.call('SADD', KEYS[2], ARGV[2])\n"
+    "if not prev[1] then return false end\n"
+    "if prev[1] ~= ARGV[3] then\n"
+    "  redis.call('SREM', ARGV[1] .. 'node:' .. prev[1] .. ':devices', ARGV[2])\n"
+    "end\n"
+    "return {prev[1], prev[2] or '', prev[3] or '', prev[4] or ''}\n";
+
+const char registry_release_lua[] =
+    "local cur = redis.call('HMGET', KEYS[1], 'channel_id', 'node')\n"
+    "if cur[1] == ARGV[1] then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  redis.call('SREM', KEYS[2], ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "if cur[2] ~= ARGV[3] then redis.call('SREM', KEYS[2], ARGV[2]) end\n"
+    "return 0\n";
+
+const char *
+registry_device_id(const struct cluster *cl, const struct broker_client_info *info)
+{
+    if (cl->cfg->device_by_username && info->username && info->username[0])
+        return info->username;
+    return info->client_id;
+}
+
+static void
+channel_id(const struct cluster *cl, uint64_t channel, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%llu/%llu", cl->cfg->node_id, (unsigned long long)cl->epoch,
+             (unsigned long long)channel);
+}
+
+/* ---- events ---- */
+
+void
+registry_emit_event(struct cluster *cl, const char *type, const char *device,
+                    const char *client_id, const char *username, const char *node,
+                    const char *peer, const char *reason)
+{
+    char ts[24], maxlen[24];
+    uint64_t now = clock_wall_ms();
+    snprintf(ts, sizeof(ts), "%llu", (unsigned long long)now);
+    snprintf(maxlen, sizeof(maxlen), "%lld", (long long)cl->cfg->events_maxlen);
+    const char *argv[] = {
+        "XADD", cl->key_events, "MAXLEN", "~", maxlen, "*", "event", type, "device", device,
+        "client_id", client_id, "username", username ? username : "", "node", node,
+        "peer", peer ? peer : "", "ts", ts, "reason", reason ? reason : "",
+    };
+    int argc = (int)(sizeof(argv) / sizeof(argv[0]));
+    if (!reason)
+        argc -= 2;
+    if (redis_link_argv(cl->redis, cluster_ignore_reply, NULL, argc, argv, NULL) != RMQ_OK)
+        cl->events_dropped++;
+
+    /* The same event for MQTT backends. */
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s?, s:I}", "event", type, "device",
+                          device, "client_id", client_id, "username", username, "node", node,
+                          "peer", peer, "ts", (json_int_t)now);
+    if (j && reason)
+        json_object_set_new(j, "reason", json_string(reason));
+    char *payload = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char topic[512];
+    snprintf(topic, sizeof(topic), "$SYS/brokers/%s/clients/%s/%s", node, client_id,
+             strcmp(type, "online") == 0 ? "connected" : "disconnected");
+    if (payload)
+        broker_publish(cl->broker, topic, payload, strlen(payload), 0, false);
+    free(payload);
+    json_decref(j);
+}
+
+/* ---- claim ---- */
+
+struct claim_ctx {
+    struct cluster *cl;
+    struct broker_claim *token; /* NULL for a re-assertion */
+    char device[];
+};
+
+static void
+on_claim_reply(struct redisReply *reply, void *arg)
+{
+    struct claim_ctx *x = arg;
+    struct cluster *cl = x->cl;
+    bool ok = reply && reply->type != REDIS_REPLY_ERROR;
+    if (ok && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
+        const char *prev_node = reply->element[0]->str;
+        const char *prev_addr = reply->element[1]->str;
+        unsigned long long prev_channel = strtoull(reply->element[2]->str, NULL, 10);
+        if (prev_node && strcmp(prev_node, cl->cfg->node_id) != 0) {
+            /* Connected elsewhere: that node must close its connection. */
+            log_info("device %s: taking over from node %s", x->device, prev_node);
+            cl->remote_takeovers++;
+            if (cl->close_remote && !cl->closing)
+                cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_channel,
+                                 "takeover");
+        }
+    }
+    if (!ok && reply)
+        log_warn("device %s: claim failed: %s", x->device, reply->str);
+    /* A claim Redis could not answer still connects the client: the
+     * registry is re-asserted when Redis is back. */
+    if (!reply)
+        cl->reassert_needed = true;
+    if (x->token && !cl->closing)
+        broker_claim_done(x->token, true);
+    free(x);
+}
+
+static enum rmq_status
+send_claim(struct cluster *cl, const struct broker_client_info *info, struct claim_ctx *x)
+{
+    const char *device = x->device;
+    char key[CLUSTER_KEY_MAX], chan[32], cid[CLUSTER_KEY_MAX], epoch[24], at[24], proto[4],
+        clean[4], wqos[4], wret[4];
+    snprintf(key, sizeof(key), "%sdev:%s", cl->cfg->prefix, device);
+    snprintf(chan, sizeof(chan), "%llu", (unsigned long long)info->channel);
+    channel_id(cl, info->channel, cid, sizeof(cid));
+    snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)cl->epoch);
+    snprintf(at, sizeof(at), "%llu", (unsigned long long)info->connected_at_ms);
+    snprintf(proto, sizeof(proto), "%u", (unsigned)info->protocol_level);
+    snprintf(clean, sizeof(clean), "%d", info->clean_session ? 1 : 0);
+    snprintf(wqos, sizeof(wqos), "%u", (unsigned)info->will_qos);
+    snprintf(wret, sizeof(wret), "%d", info->will_retain ? 1 : 0);
+    const char *argv[] = {
+        key, cl->key_my_devices, cl->cfg->prefix, device, cl->cfg->node_id,
+        "device", device, "client_id", info->client_id, "node", cl->cfg->node_id,
+        "addr", cl->cfg->advertise, "channel", chan, "channel_id", cid, "epoch", epoch,
+        "peer", info->peer, "connected_at", at,
+        "username", info->username ? info->username : "", "proto", proto, "clean", clean,
+        "will_topic", info->will_topic ? info->will_topic : "",
+        "will_qos", wqos, "will_retain", wret,
+        "will_payload", info->will_topic ? (const char *)info->will_payload : "",
+    };
+    enum { ARGC = sizeof(argv) / sizeof(argv[0]) };
+    size_t lens[ARGC];
+    for (size_t i = 0; i < ARGC - 1; i++)
+        lens[i] = strlen(argv[i]);
+    /* The will payload is binary and comes last. */
+    lens[ARGC - 1] = info->will_topic ? info->will_payload_len : 0;
+    return redis_link_eval(cl->redis, cl->script_claim, on_claim_reply, x, 2, ARGC, argv, lens);
+}
+
+static struct claim_ctx *
+claim_ctx_new(struct cluster *cl, struct broker_claim *token, const char *device)
+{
+    size_t n = strlen(device) + 1;
+    struct claim_ctx *x = malloc(sizeof(*x) + n);
+    if (x) {
+        x->cl = cl;
+        x->token = token;
+        memcpy(x->device, device, n);
+    }
+    return x;
+}
+
+void
+registry_on_claim(void *ctx, struct broker_claim *token, const struct broker_client_info *info)
+{
+    struct cluster *cl = ctx;
+    const char *device = registry_device_id(cl, info);
+    registry_emit_event(cl, "online", device, info->client_id, info->username, cl->cfg->node_id,
+                        info->peer, NULL);
+    struct claim_ctx *x = claim_ctx_new(cl, token, device);
+    enum rmq_status st = x ? send_claim(cl, info, x) : RMQ_NOMEM;
+    if (st == RMQ_OK)
+        return;
+    free(x);
+    cl->reassert_needed = true; /* Redis down: serve now, register later */
+    broker_claim_done(token, true);
+}
+
+/* Re-asserts one live client (after Redis came back). */
+void
+registry_reassert_one(void *arg, const struct broker_client_info *info)
+{
+    struct cluster *cl = arg;
+    struct claim_ctx *x = claim_ctx_new(cl, NULL, registry_device_id(cl, info));
+    if (x && send_claim(cl, info, x) != RMQ_OK)
+        free(x);
+}
+
+/* ---- release ---- */
+
+void
+registry_on_released(void *ctx, const struct broker_client_info *info, enum close_reason reason)
+{
+    struct cluster *cl = ctx;
+    const char *device = registry_device_id(cl, info);
+    char key[CLUSTER_KEY_MAX], cid[CLUSTER_KEY_MAX];
+    snprintf(key, sizeof(key), "%sdev:%s", cl->cfg->prefix, device);
+    channel_id(cl, info->channel, cid, sizeof(cid));
+    const char *argv[] = {key, cl->key_my_devices, cid, device, cl->cfg->node_id};
+    if (redis_link_eval(cl->redis, cl->script_release, cluster_ignore_reply, NULL, 2, 5, argv,
+                        NULL) != RMQ_OK)
+        cl->reassert_needed = true;
+    registry_emit_event(cl, "offline", device, info->client_id, info->username,
+                        cl->cfg->node_id, info->peer, close_reason_name(reason));
+}
