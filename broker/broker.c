@@ -207,9 +207,13 @@ split_address(const char *text, char *host, size_t hostlen, char *port, size_t p
     }
     if (hl >= hostlen || strlen(colon + 1) >= portlen)
         return RMQ_INVALID;
+    char *end;
+    long n = strtol(colon + 1, &end, 10);
+    if (*end || n < 0 || n > 65535)
+        return RMQ_INVALID;
     memcpy(host, h, hl);
     host[hl] = '\0';
-    snprintf(port, portlen, "%s", colon + 1);
+    snprintf(port, portlen, "%ld", n);
     return RMQ_OK;
 }
 
@@ -225,7 +229,8 @@ listener_open(struct broker *b, struct listener_slot *l, const char *address)
     if (!l->address)
         return RMQ_NOMEM;
     if (split_address(address, host, sizeof(host), port, sizeof(port)) != RMQ_OK) {
-        log_error("listen address '%s': expected HOST:PORT", address);
+        log_error("listen address '%s': expected HOST:PORT with a port from 0 to 65535",
+                  address);
         return RMQ_INVALID;
     }
     int rc = getaddrinfo(host, port, &hints, &ai);
