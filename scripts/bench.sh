@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Benchmarks RelayMQ against Mosquitto on this machine with relaymq-bench and
+# prints a Markdown table of RelayMQ/Mosquitto ratios for BENCHMARKS.md.
+#
+#   scripts/bench.sh [options]
+#
+# For every scenario and round, each broker is started fresh with its default
+# configuration on a free 127.0.0.1 port, measured once, and stopped; the
+# order of the two brokers alternates between rounds. Nothing is pinned.
+#
+# Options:
+#   --rounds N        rounds per scenario (default 3)
+#   --scenarios LIST  comma-separated names; a name also selects its variants
+#                     ("pairs" = pairs, pairs-q1, pairs-q1w200, pairs-q2).
+#                     Default: all. --list shows them.
+#   --quick           a subset, 2 s measurements, smaller connect/idle runs
+#                     (about 3 minutes in all)
+#   --duration SECS   measured seconds per message run (default 5; quick 2)
+#   --brokers LIST    relaymq,mosquitto (default both; one alone gives
+#                     absolute figures without ratios)
+#   --out DIR         where raw results, broker logs and table.md go
+#                     (default build-release/bench-results/DATE)
+#   --no-build        use the binaries in build-release/ as they are
+#   --list            list the scenarios and exit
+#   --table FILE      print the table of an earlier run's results.txt and exit
+#   -h, --help        this text
+#
+# Environment: BUILD_DIR (default build-release) holds relaymq and
+# relaymq-bench; JOBS (default nproc) for the build; MOSQUITTO (default
+# mosquitto) for the Mosquitto binary.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-release}
+BENCH="$BUILD_DIR/relaymq-bench"
+RELAYMQ="$BUILD_DIR/relaymq"
+MOSQUITTO=${MOSQUITTO:-mosquitto}
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+ROUNDS=3
+QUICK=0
+DURATION=""
+SCENARIO_FILTER=""
+BROKERS="relaymq,mosquitto"
+OUT=""
+BUILD=1
+TABLE_ONLY=""
+
+# Scenario table: name | relaymq-bench arguments | metrics (key:direction).
+# Direction "up" = higher is better, "down" = lower is better.
+SCENARIOS=(
+    "pairs|pairs --qos 0|msgs_per_sec:up"
+    "pairs-q1|pairs --qos 1 --inflight 20|msgs_per_sec:up"
+    "pairs-q1w200|pairs --qos 1 --inflight 200|msgs_per_sec:up"
+    "pairs-q2|pairs --qos 2 --inflight 20|msgs_per_sec:up"
+    "fanin|fanin --qos 0|msgs_per_sec:up"
+    "fanin-q1|fanin --qos 1 --inflight 20|msgs_per_sec:up"
+    "fanout|fanout --qos 0|msgs_per_sec:up"
+    "fanout-q1|fanout --qos 1 --inflight 20|msgs_per_sec:up"
+    "latency|latency --qos 0 --rate 10000|p50_us:down p99_us:down"
+    "latency-q1|latency --qos 1 --rate 10000|p50_us:down p99_us:down"
+    "connect|connect --concurrency 64|conns_per_sec:up"
+    "idle|idle --keepalive 300|kib_per_conn:down"
+)
+QUICK_SCENARIOS="pairs pairs-q1 fanin fanout latency connect idle"
+
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "bench.sh: $*" >&2; exit 2; }
+list_scenarios() {
+    local s n a m
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r n a m <<<"$s"
+        printf '%-13s %-36s %s\n' "$n" "$a" "$m"
+    done
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --rounds) ROUNDS=${2:?}; shift 2 ;;
+    --scenarios) SCENARIO_FILTER=${2:?}; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --duration) DURATION=${2:?}; shift 2 ;;
+    --brokers) BROKERS=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --list) list_scenarios; exit 0 ;;
+    --table) TABLE_ONLY=${2:?}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown option $1 (try --help)" ;;
+    esac
+done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds needs a positive integer"
+if [ -z "$DURATION" ]; then
+    if [ "$QUICK" = 1 ]; then DURATION=2; else DURATION=5; fi
+fi
+WARMUP=1
+[ "$QUICK" = 1 ] && WARMUP=0.5
+
+want_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
+want_broker relaymq || want_broker mosquitto || die "--brokers must name relaymq and/or mosquitto"
+
+# ---- scenario selection and the table ----
+selected() {
+    local name=$1 item
+    local filter=${SCENARIO_FILTER//,/ }
+    if [ -z "$filter" ]; then
+        if [ "$QUICK" = 1 ]; then filter=$QUICK_SCENARIOS; else return 0; fi
+        for item in $filter; do [ "$name" = "$item" ] && return 0; done
+        return 1
+    fi
+    for item in $filter; do
+        [ "$name" = "$item" ] || [[ "$name" == "$item"-* ]] && return 0
+    done
+    return 1
+}
+
+# ---- table ----
+# awk reads "scenario broker round RESULT k=v ..." lines and, per scenario and
+# metric, prints medians, the ratio of medians and the min-max of the
+# per-round ratios.
+make_table() {
+    local spec="" s name args metrics
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r name args metrics <<<"$s"
+        selected "$name" && spec="$spec $name=${metrics// /,}"
+    done
+    awk -v spec="$spec" '
+    function median(arr, n,    i, j, t, b) {
+        for (i = 1; i <= n; i++) b[i] = arr[i]
+        for (i = 2; i <= n; i++) {
+            t = b[i]
+            for (j = i - 1; j >= 1 && b[j] > t; j--) b[j + 1] = b[j]
+            b[j + 1] = t
+        }
+        return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
+    }
+    function fmt(v) { return v >= 100 ? sprintf("%.0f", v) : sprintf("%.3g", v) }
+    {
+        sc = $1; br = $2; rd = $3; present[sc] = 1
+        for (i = 5; i <= NF; i++) { split($i, kv, "="); val[sc, br, rd, kv[1]] = kv[2] }
+        seen[sc, br, rd] = 1
+        if (rd > maxround) maxround = rd
+    }
+    END {
+        printf "| scenario | metric | better | RelayMQ median | Mosquitto median "
+        print "| ratio RelayMQ/Mosquitto (min-max) | RelayMQ lost/dup | Mosquitto lost/dup |"
+        print "|---|---|---|---:|---:|---:|---:|---:|"
+        n = split(spec, items, " ")
+        for (k = 1; k <= n; k++) {
+            split(items[k], nm, "="); sc = nm[1]; nmet = split(nm[2], mets, ",")
+            if (!(sc in present)) continue
+            for (m = 1; m <= nmet; m++) {
+                split(mets[m], md, ":"); key = md[1]
+                delete R; delete M
+                nr = 0; nmo = 0; rmin = ""; rmax = ""; hlr = 0; hlm = 0
+                lr = 0; dr = 0; lm = 0; dm = 0; fr = 0; fm = 0
+                for (rd = 1; rd <= maxround; rd++) {
+                    a = ((sc, "relaymq", rd) in seen) ? val[sc, "relaymq", rd, key] : ""
+                    b = ((sc, "mosquitto", rd) in seen) ? val[sc, "mosquitto", rd, key] : ""
+                    if ((sc, "relaymq", rd) in seen) {
+                        if (val[sc, "relaymq", rd, "status"] != "ok") fr++
+                        if ((sc, "relaymq", rd, "lost") in val) hlr = 1
+                        lr += val[sc, "relaymq", rd, "lost"]; dr += val[sc, "relaymq", rd, "dup"]
+                    }
+                    if ((sc, "mosquitto", rd) in seen) {
+                        if (val[sc, "mosquitto", rd, "status"] != "ok") fm++
+                        if ((sc, "mosquitto", rd, "lost") in val) hlm = 1
+                        lm += val[sc, "mosquitto", rd, "lost"]; dm += val[sc, "mosquitto", rd, "dup"]
+                    }
+                    okr = a != "" && a != "NA" && val[sc, "relaymq", rd, "status"] == "ok"
+                    okm = b != "" && b != "NA" && val[sc, "mosquitto", rd, "status"] == "ok"
+                    if (okr) R[++nr] = a + 0
+                    if (okm) M[++nmo] = b + 0
+                    if (okr && okm && b + 0 > 0) {
+                        q = (a + 0) / (b + 0)
+                        if (rmin == "" || q < rmin) rmin = q
+                        if (rmax == "" || q > rmax) rmax = q
+                    }
+                }
+                mr = nr ? median(R, nr) : ""; mm = nmo ? median(M, nmo) : ""
+                ratio = "n/a"
+                if (nr && nmo && mm > 0) ratio = sprintf("%.2f (%.2f-%.2f)", mr / mm, rmin, rmax)
+                sr = nr ? fmt(mr) : "n/a"; sm = nmo ? fmt(mm) : "n/a"
+                if (fr) sr = sr " (" fr " failed)"
+                if (fm) sm = sm " (" fm " failed)"
+                slr = hlr ? lr "/" dr : "-"; slm = hlm ? lm "/" dm : "-"
+                better = md[2] == "up" ? "higher" : "lower"
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", \
+                    sc, key, better, sr, sm, ratio, slr, slm
+            }
+        }
+    }' "$1"
+}
+
+if [ -n "$TABLE_ONLY" ]; then
+    [ -r "$TABLE_ONLY" ] || die "cannot read $TABLE_ONLY"
+    make_table "$TABLE_ONLY"
+    exit 0
+fi
+
+# ---- build ----
+if [ "$BUILD" = 1 ]; then
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DRELAYMQ_TESTS=OFF >/dev/null
+    if ! cmake --build "$BUILD_DIR" --target relaymq-bench -j "$JOBS" \
+        >"$BUILD_DIR/bench-build.log" 2>&1; then
+        [ -x "$BENCH" ] || die "building relaymq-bench failed; see $BUILD_DIR/bench-build.log"
+        echo "bench.sh: building relaymq-bench failed, using the existing binary" >&2
+    fi
+    if want_broker relaymq; then
+        cmake --build "$BUILD_DIR" --target relaymq -j "$JOBS" >/dev/null ||
+            die "building relaymq failed; run with --brokers mosquitto for Mosquitto alone"
+    fi
+fi
+[ -x "$BENCH" ] || die "$BENCH is missing (drop --no-build)"
+if want_broker relaymq; then [ -x "$RELAYMQ" ] || die "$RELAYMQ is missing"; fi
+if want_broker mosquitto; then command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"; fi
+
+# The idle scenario holds thousands of sockets in the bench and the broker.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+OUT=${OUT:-$BUILD_DIR/bench-results/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+RAW="$OUT/results.txt"
+: >"$RAW"
+
+# ---- brokers ----
+BROKER_PID=""
+BROKER_PORT=""
+BENCH_PID=""
+
+stop_bench() {
+    if [ -n "$BENCH_PID" ]; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+        BENCH_PID=""
+    fi
+}
+
+stop_broker() {
+    if [ -n "$BROKER_PID" ]; then
+        kill -TERM "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+    fi
+}
+trap 'stop_bench; stop_broker' EXIT
+trap 'stop_bench; stop_broker; exit 130' INT TERM
+
+port_in_use() { [ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
+
+# A free port below the ephemeral range, so client sockets never collide.
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 10000))
+        port_in_use "$p" || { echo "$p"; return 0; }
+    done
+    die "no free port found"
+}
+
+# start_broker NAME TAG: starts NAME on a fresh port; sets BROKER_PID/PORT.
+start_broker() {
+    local name=$1 tag=$2 port log
+    port=$(free_port)
+    log="$OUT/$tag.log"
+    case "$name" in
+    relaymq)
+        "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true >"$log" 2>&1 &
+        ;;
+    mosquitto)
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$OUT/$tag.conf"
+        "$MOSQUITTO" -c "$OUT/$tag.conf" >"$log" 2>&1 &
+        ;;
+    esac
+    BROKER_PID=$!
+    BROKER_PORT=$port
+    for _ in $(seq 100); do
+        port_in_use "$port" && return 0
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "bench.sh: $name did not start listening on $port; see $log" >&2
+    stop_broker
+    return 1
+}
+
+# ---- scenarios ----
+scenario_args() {
+    local args=$1
+    case "$args" in
+    connect*)
+        if [ "$QUICK" = 1 ]; then args="$args --clients 5000"; else args="$args --clients 20000"; fi
+        args="$args --duration 30" ;;
+    idle*)
+        if [ "$QUICK" = 1 ]; then args="$args --clients 5000 --hold 1"
+        else args="$args --clients 15000 --hold 3"; fi ;;
+    *) args="$args --duration $DURATION --warmup $WARMUP" ;;
+    esac
+    echo "$args"
+}
+
+# result_value LINE KEY: the value of KEY in a RESULT line, or NA.
+result_value() {
+    local v
+    v=$(tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1)
+    echo "${v:-NA}"
+}
+
+# run_one SCENARIO ARGS BROKER ROUND: one measurement; appends to $RAW.
+run_one() {
+    local name=$1 args=$2 broker=$3 round=$4 tag line rc=0
+    tag="$name.$broker.r$round"
+    if ! start_broker "$broker" "$tag"; then
+        echo "$name $broker $round RESULT status=failed" >>"$RAW"
+        return
+    fi
+    [[ "$args" == idle* ]] && args="$args --broker-pid $BROKER_PID"
+    # In the background so that a signal to this script is handled at once.
+    # shellcheck disable=SC2086
+    "$BENCH" $args --port "$BROKER_PORT" >"$OUT/$tag.bench.out" 2>"$OUT/$tag.bench.err" &
+    BENCH_PID=$!
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
+    line=$(grep '^RESULT' "$OUT/$tag.bench.out" || true)
+    kill -0 "$BROKER_PID" 2>/dev/null || line="${line:-RESULT} broker_died=1"
+    stop_broker
+    [ -n "$line" ] || line="RESULT status=failed"
+    line="$line bench_rc=$rc"
+    echo "$name $broker $round $line" >>"$RAW"
+    printf '  %-13s round %s %-9s %s\n' "$name" "$round" "$broker" \
+        "$(summary "$line" "$name")" >&2
+}
+
+metrics_of() {
+    local s n a m
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r n a m <<<"$s"
+        [ "$n" = "$1" ] && { echo "$m"; return; }
+    done
+}
+
+summary() {
+    local line=$1 name=$2 out="" km key
+    for km in $(metrics_of "$name"); do
+        key=${km%%:*}
+        out="$out $key=$(result_value "$line" "$key")"
+    done
+    for key in status lost dup ooo bench_cpu_pct; do
+        [ "$(result_value "$line" "$key")" != NA ] && out="$out $key=$(result_value "$line" "$key")"
+    done
+    echo "$out"
+}
+
+START=$(date +%s)
+echo "bench.sh: rounds=$ROUNDS duration=${DURATION}s brokers=$BROKERS out=$OUT" >&2
+for s in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name args metrics <<<"$s"
+    selected "$name" || continue
+    args=$(scenario_args "$args")
+    echo "$name: relaymq-bench $args" >&2
+    for round in $(seq "$ROUNDS"); do
+        order="relaymq mosquitto"
+        [ $((round % 2)) = 1 ] || order="mosquitto relaymq"
+        for broker in $order; do
+            want_broker "$broker" && run_one "$name" "$args" "$broker" "$round"
+        done
+        sleep 0.5
+    done
+done
+echo "bench.sh: measured in $(($(date +%s) - START)) s; raw results in $RAW" >&2
+
+make_table "$RAW" | tee "$OUT/table.md"
+echo >&2
+echo "bench.sh: table saved to $OUT/table.md" >&2
