@@ -26,6 +26,9 @@ const struct config_option settings_options[] = {
         "time a new connection has to send CONNECT"),
     OPT("sys-interval", CONFIG_DURATION, "10s", sys_interval_ms, 0, 86400000,
         "period of the $SYS/broker/... publications, 0 to disable"),
+    OPT("backpressure-timeout", CONFIG_DURATION, "2s", backpressure_timeout_ms, 0, 3600000,
+        "longest pause of publishers while a connected subscriber's queue is full; "
+        "then its overflow is dropped (0: drop at once)"),
     OPT("http", CONFIG_STRING, "127.0.0.1:8080", http, 0, 0,
         "admin REST API and /metrics HOST:PORT, empty to disable"),
     OPT("api-key", CONFIG_LIST, NULL, api_key, 0, 0,

@@ -21,6 +21,7 @@ struct settings {
     uint64_t max_output_buffer;
     uint64_t connect_timeout_ms;
     uint64_t sys_interval_ms;
+    uint64_t backpressure_timeout_ms;
 
     /* HTTP: admin API and internal node API (http/) */
     char *http;

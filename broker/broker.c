@@ -88,6 +88,8 @@ on_tick(evutil_socket_t fd, short what, void *arg)
     struct broker *b = arg;
     broker_refresh_clock(b);
     timer_wheel_advance(b->wheel, broker_now(b));
+    if (b->throttling)
+        session_check_stalls(b);
 }
 
 static void

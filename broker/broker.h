@@ -30,6 +30,7 @@ struct broker_config {
     uint64_t max_output_buffer;   /* bytes buffered for a client before QoS 0 is dropped */
     uint64_t connect_timeout_ms;  /* time allowed between accept and CONNECT */
     uint64_t sys_interval_ms;     /* $SYS publication period, 0 = off */
+    uint64_t backpressure_timeout_ms; /* longest pause of publishers for a full queue; 0 = never pause */
 };
 
 /* Why a connection ended; decides whether the will is published and is

@@ -43,6 +43,8 @@ struct conn {
     bool dirty;               /* on the broker's flush list */
     bool want_write;          /* EV_WRITE armed */
     bool paused;              /* reading stopped while a claim is pending */
+    struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
+    struct conn *throttle_next;   /* in throttled_by->throttled */
     bool dispatching;         /* inside process(): input must not be re-entered */
     uint16_t keepalive;       /* seconds */
     uint64_t last_rx_ms;
@@ -121,6 +123,10 @@ struct session {
 
     struct queued *queue_head, *queue_tail;
     uint32_t queue_len;
+    struct conn *throttled; /* publishers waiting for this queue to drain */
+    struct session *throttling_prev, *throttling_next; /* in broker->throttling */
+    uint64_t throttled_since_ms;
+    bool stalled; /* paused publishers too long: overflow is dropped until it drains */
 
     uint16_t *qos2_in; /* packet ids of QoS 2 publishes received, awaiting PUBREL */
     uint16_t qos2_in_count, qos2_in_cap;
@@ -180,6 +186,8 @@ struct broker {
     size_t matched_count, matched_cap;
 
     uint8_t *rbuf; /* shared read buffer */
+    struct conn *publisher; /* client whose PUBLISH is being routed, else NULL */
+    struct session *throttling; /* sessions that have publishers paused */
     struct broker_metrics metrics;
 };
 
@@ -214,6 +222,15 @@ void conn_flush_all(struct broker *b);
  * and runs any packets that arrived meanwhile. */
 void conn_pause_input(struct conn *c);
 void conn_resume_input(struct conn *c);
+
+/* Back-pressure: stops reading from publisher c until session s's queue
+ * drains; session_unthrottle() lets every publisher waiting on s go. */
+void conn_throttle(struct conn *c, struct session *s);
+void session_unthrottle(struct broker *b, struct session *s);
+
+/* Called each tick: sessions that kept publishers paused beyond
+ * backpressure-timeout are marked stalled and their publishers released. */
+void session_check_stalls(struct broker *b);
 
 /* Fills info from a connected (or claiming) connection. */
 void conn_client_info(const struct conn *c, struct broker_client_info *info);

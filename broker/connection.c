@@ -72,7 +72,30 @@ conn_update_events(struct conn *c)
 {
     bool blocked = out_pending(c) > 0 && c->want_write;
     bool over = out_pending(c) > c->broker->cfg->max_output_buffer;
-    conn_set_events(c, !over && !c->paused, blocked);
+    conn_set_events(c, !over && !c->paused && !c->throttled_by, blocked);
+}
+
+void
+conn_throttle(struct conn *c, struct session *s)
+{
+    c->throttled_by = s;
+    c->throttle_next = s->throttled;
+    s->throttled = c;
+    conn_update_events(c);
+}
+
+static void
+unthrottle_one(struct conn *c)
+{
+    if (!c->throttled_by)
+        return;
+    struct conn **pp = &c->throttled_by->throttled;
+    while (*pp && *pp != c)
+        pp = &(*pp)->throttle_next;
+    if (*pp)
+        *pp = c->throttle_next;
+    c->throttled_by = NULL;
+    c->throttle_next = NULL;
 }
 
 void
@@ -268,6 +291,8 @@ detach_session(struct broker *b, struct conn *c)
     c->session = NULL;
     s->conn = NULL;
     b->connected_count--;
+    /* Offline, the queue bound applies: publishers need not wait. */
+    session_unthrottle(b, s);
     if (s->clean) {
         hashmap_remove(b->sessions, s->client_id, s->client_id_len);
         session_free(b, s);
@@ -296,6 +321,7 @@ conn_close(struct conn *c, enum close_reason reason)
     log_debug("closing connection %llu from %s: %s", (unsigned long long)c->channel, c->peer,
               close_reason_name(reason));
     release_claim(b, c, reason);
+    unthrottle_one(c);
     /* Best effort for a last CONNACK or similar; never wait. */
     if (out_pending(c) > 0 && reason != CLOSE_SOCKET_ERROR) {
         ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
@@ -476,7 +502,7 @@ process(struct conn *c, const uint8_t *buf, size_t len)
         if (!dispatch(c, &p))
             return false;
         c->dispatching = false;
-        if (c->state == CONN_CLAIMING)
+        if (c->state == CONN_CLAIMING || c->throttled_by)
             return keep_input(c, buf + off, len - off);
     }
     return true;
@@ -520,15 +546,21 @@ conn_on_read(struct conn *c)
     size_t have = c->in_len;
     if (have)
         memcpy(buf, c->in, have);
-    ssize_t n = read(c->fd, buf + have, BROKER_READ_BUFFER - have);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    ssize_t n = 0;
+    if (have < BROKER_READ_BUFFER) {
+        n = read(c->fd, buf + have, BROKER_READ_BUFFER - have);
+        bool again = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+        if (again && !have)
             return;
-        if (n < 0)
-            log_debug("%s: read: %s", c->peer, strerror(errno));
-        b->metrics.socket_errors++;
-        conn_close(c, CLOSE_SOCKET_ERROR);
-        return;
+        if (again) {
+            n = 0; /* nothing new: run what was kept while paused */
+        } else if (n <= 0) {
+            if (n < 0)
+                log_debug("%s: read: %s", c->peer, strerror(errno));
+            b->metrics.socket_errors++;
+            conn_close(c, CLOSE_SOCKET_ERROR);
+            return;
+        }
     }
     free(c->in);
     c->in = NULL;
@@ -544,15 +576,10 @@ conn_resume_input(struct conn *c)
 {
     c->paused = false;
     conn_update_events(c);
-    if (!c->in_len || c->in_need > BROKER_READ_BUFFER)
-        return;
-    uint8_t *buf = c->broker->rbuf;
-    size_t len = c->in_len;
-    memcpy(buf, c->in, len);
-    free(c->in);
-    c->in = NULL;
-    c->in_len = c->in_cap = c->in_need = 0;
-    process(c, buf, len);
+    /* Packets kept while paused run from the loop, never from inside
+     * another connection's processing (the read buffer is shared). */
+    if (c->in_len && !c->throttled_by)
+        event_active(&c->ev, EV_READ, 1);
 }
 
 static void
@@ -569,7 +596,7 @@ conn_on_event(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    if (what & EV_READ)
+    if ((what & EV_READ) && !c->paused && !c->throttled_by)
         conn_on_read(c);
 }
 

@@ -27,6 +27,15 @@ send_ack(struct conn *c, enum mqtt_type type, uint16_t packet_id)
     return conn_write(c, out, mqtt_encode_ack(out, type, packet_id));
 }
 
+/* Routes with c as the publisher, so a backed-up subscriber can pause it. */
+static void
+route_from(struct conn *c, struct route *r)
+{
+    c->broker->publisher = c;
+    broker_route(c->broker, r);
+    c->broker->publisher = NULL;
+}
+
 enum rmq_status
 handle_publish(struct conn *c, const struct mqtt_packet *p)
 {
@@ -48,10 +57,10 @@ handle_publish(struct conn *c, const struct mqtt_packet *p)
     };
     switch (pub->qos) {
     case 0:
-        broker_route(b, &r);
+        route_from(c, &r);
         return RMQ_OK;
     case 1:
-        broker_route(b, &r);
+        route_from(c, &r);
         return send_ack(c, MQTT_PUBACK, pub->packet_id);
     default: {
         bool nomem;
@@ -60,7 +69,7 @@ handle_publish(struct conn *c, const struct mqtt_packet *p)
         else if (nomem)
             return RMQ_NOMEM;
         else
-            broker_route(b, &r);
+            route_from(c, &r);
         return send_ack(c, MQTT_PUBREC, pub->packet_id);
     }
     }

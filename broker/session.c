@@ -13,6 +13,7 @@
 
 #include "broker/broker_internal.h"
 #include "broker/topic_tree.h"
+#include "common/log.h"
 
 struct session *
 session_new(const char *client_id, size_t len, bool clean)
@@ -32,11 +33,87 @@ session_new(const char *client_id, size_t len, bool clean)
     return s;
 }
 
+/* Queue length at which publishers to an online session are paused, and
+ * the length at which they resume. */
+static uint32_t
+throttle_high(const struct broker *b)
+{
+    uint32_t max = b->cfg->max_queued_messages;
+    return max > 1 ? max / 2 : 1;
+}
+
+static void
+unlink_throttling(struct broker *b, struct session *s)
+{
+    if (s->throttling_prev)
+        s->throttling_prev->throttling_next = s->throttling_next;
+    else if (b->throttling == s)
+        b->throttling = s->throttling_next;
+    if (s->throttling_next)
+        s->throttling_next->throttling_prev = s->throttling_prev;
+    s->throttling_prev = s->throttling_next = NULL;
+}
+
+void
+session_unthrottle(struct broker *b, struct session *s)
+{
+    if (s->throttled)
+        unlink_throttling(b, s);
+    while (s->throttled) {
+        struct conn *c = s->throttled;
+        s->throttled = c->throttle_next;
+        c->throttle_next = NULL;
+        c->throttled_by = NULL;
+        conn_resume_input(c);
+    }
+}
+
+/* A publisher is paused only if pausing it cannot stall the queue it
+ * waits on: never the subscriber itself, and never a client whose own
+ * session is backed up (it must keep reading its acknowledgements). */
+static void
+maybe_throttle(struct broker *b, struct session *s)
+{
+    struct conn *pub = b->publisher;
+    if (!pub || pub->throttled_by || pub == s->conn || s->stalled ||
+        !b->cfg->backpressure_timeout_ms || s->queue_len < throttle_high(b))
+        return;
+    struct session *own = pub->session;
+    if (own && (own->queue_len || own->inflight_count >= b->cfg->max_inflight))
+        return;
+    if (!s->throttled) {
+        s->throttled_since_ms = broker_now(b);
+        s->throttling_next = b->throttling;
+        if (b->throttling)
+            b->throttling->throttling_prev = s;
+        b->throttling = s;
+    }
+    conn_throttle(pub, s);
+}
+
+void
+session_check_stalls(struct broker *b)
+{
+    struct session *s = b->throttling;
+    while (s) {
+        struct session *next = s->throttling_next;
+        if (broker_now(b) - s->throttled_since_ms >= b->cfg->backpressure_timeout_ms) {
+            log_warn("client %s: queue full for %llu ms, dropping its overflow instead of "
+                     "pausing publishers", s->client_id,
+                     (unsigned long long)b->cfg->backpressure_timeout_ms);
+            s->stalled = true;
+            session_unthrottle(b, s);
+        }
+        s = next;
+    }
+}
+
 void
 session_free(struct broker *b, struct session *s)
 {
     if (!s)
         return;
+    session_unthrottle(b, s);
     for (uint32_t i = 0; i < s->sub_count; i++) {
         topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
         free(s->subs[i].filter);
@@ -185,6 +262,11 @@ pump(struct broker *b, struct session *s)
         message_unref(q->msg);
         free(q);
     }
+    if (s->queue_len <= throttle_high(b) / 2) {
+        s->stalled = false;
+        if (s->throttled)
+            session_unthrottle(b, s);
+    }
 }
 
 void
@@ -209,6 +291,8 @@ session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qo
     if (!s->queue_head && window_open(b, s) && start_inflight(b, s, msg, qos, retain))
         return;
     enqueue(b, s, msg, qos, retain);
+    if (s->conn)
+        maybe_throttle(b, s);
 }
 
 void

@@ -151,7 +151,11 @@ heartbeat(struct cluster *cl)
     redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 14, hset, NULL);
     redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, expire, NULL);
     redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, sadd, NULL);
-    redis_link_eval(cl->redis, cl->script_dead, on_dead_reply, cl, 1, 3, dead, NULL);
+    /* Right after (re)connecting, every record may have lapsed while Redis
+     * was away; live nodes refresh theirs within one TTL, so wait that long
+     * before calling anyone dead. */
+    if (clock_monotonic_ms() - cl->redis_up_since_ms >= cl->cfg->node_ttl_ms)
+        redis_link_eval(cl->redis, cl->script_dead, on_dead_reply, cl, 1, 3, dead, NULL);
 }
 
 static void
@@ -166,6 +170,7 @@ static void
 on_redis_up(void *ctx)
 {
     struct cluster *cl = ctx;
+    cl->redis_up_since_ms = clock_monotonic_ms();
     if (!cl->registered_once) {
         /* Entries a previous life of this node left behind. */
         reap(cl, cl->cfg->node_id, true);

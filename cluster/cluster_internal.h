@@ -23,6 +23,7 @@ struct cluster {
     struct event *heartbeat;
     uint64_t epoch;      /* start time, ms since the Unix epoch: this life of the node */
     uint64_t started_ms; /* same clock, for uptime */
+    uint64_t redis_up_since_ms; /* monotonic; reaping waits one node TTL after it */
     bool registered_once;
     bool reassert_needed;
     bool closing;

@@ -57,6 +57,21 @@ channel_id(const struct cluster *cl, uint64_t channel, char *out, size_t len)
 
 /* ---- events ---- */
 
+/* A client id as one topic level: '/', '+', '#' and '%' are percent-encoded
+ * (so "a/b" becomes "a%2Fb"), keeping the topic valid and one level deep. */
+static void
+topic_escape_level(const char *in, char *out, size_t len)
+{
+    size_t o = 0;
+    for (; *in && o + 4 < len; in++) {
+        if (*in == '/' || *in == '+' || *in == '#' || *in == '%')
+            o += (size_t)snprintf(out + o, len - o, "%%%02X", (unsigned char)*in);
+        else
+            out[o++] = *in;
+    }
+    out[o] = '\0';
+}
+
 void
 registry_emit_event(struct cluster *cl, const char *type, const char *device,
                     const char *client_id, const char *username, const char *node,
@@ -84,8 +99,9 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
     if (j && reason)
         json_object_set_new(j, "reason", json_string(reason));
     char *payload = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    char topic[512];
-    snprintf(topic, sizeof(topic), "$SYS/brokers/%s/clients/%s/%s", node, client_id,
+    char topic[1024], id[768];
+    topic_escape_level(client_id, id, sizeof(id));
+    snprintf(topic, sizeof(topic), "$SYS/brokers/%s/clients/%s/%s", node, id,
              strcmp(type, "online") == 0 ? "connected" : "disconnected");
     if (payload)
         broker_publish(cl->broker, topic, payload, strlen(payload), 0, false);
