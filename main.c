@@ -13,6 +13,9 @@
 #include "cluster/cluster.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "http/admin_api.h"
+#include "http/internal_api.h"
+#include "http/peer_client.h"
 #include "settings.h"
 
 #define ENV_PREFIX "RELAYMQ_"
@@ -54,7 +57,59 @@ broker_config_from(const struct settings *s, struct broker_config *cfg)
         .max_output_buffer = s->max_output_buffer,
         .connect_timeout_ms = s->connect_timeout_ms,
         .sys_interval_ms = s->sys_interval_ms,
+        .backpressure_timeout_ms = s->backpressure_timeout_ms,
     };
+}
+
+/* The HTTP servers (http/). Stopped before the broker is freed (their
+ * threads post to its inbox), freed after it (its inbox answers what was
+ * still queued through them). */
+struct http_apis {
+    struct internal_api *internal;
+    struct admin_api *admin;
+};
+
+/* Starts --internal (required to work: the cluster depends on it) and
+ * --http (a failure is logged and the node runs without it: its MQTT
+ * service does not depend on it, and /readyz then fails the load balancer's
+ * check). Returns false on a fatal failure. */
+static bool
+http_start(const struct settings *s, struct broker *broker, struct http_apis *h)
+{
+    if (s->internal && *s->internal) {
+        struct internal_api_config ic = {
+            .address = s->internal, .max_body = s->http_max_body,
+            .timeout_ms = s->http_timeout_ms, .secret = s->cluster_secret,
+            .max_skew_ms = s->internal_max_skew_ms, .broker = broker};
+        h->internal = internal_api_new(&ic);
+        if (!h->internal)
+            return false;
+    }
+    if (s->http && *s->http) {
+        struct admin_api_config ac = {
+            .address = s->http, .max_body = s->http_max_body, .timeout_ms = s->http_timeout_ms,
+            .api_keys = (const char *const *)s->api_key.items, .api_key_count = s->api_key.count,
+            .api_key_file = s->api_key_file, .broker = broker, .node_id = s->node_id,
+            .advertise = s->advertise ? s->advertise : s->internal, .internal = h->internal};
+        h->admin = admin_api_new(&ac);
+        if (!h->admin)
+            log_error("admin API on %s not started; running without it", s->http);
+    }
+    return true;
+}
+
+static void
+http_stop(struct http_apis *h)
+{
+    admin_api_stop(h->admin);
+    internal_api_stop(h->internal);
+}
+
+static void
+http_free(struct http_apis *h)
+{
+    admin_api_free(h->admin);
+    internal_api_free(h->internal);
 }
 
 /* Loads settings; returns 0, or the process exit code on failure/--help. */
@@ -94,6 +149,10 @@ load_settings(int argc, char **argv, struct settings *s)
                         "for every node\n");
         return 2;
     }
+    if (!*s->node_id) {
+        fprintf(stderr, "relaymq: node-id: must not be empty\n");
+        return 2;
+    }
     if (s->listen.count == 0) {
         fprintf(stderr, "relaymq: listen: at least one listener is needed\n");
         return 2;
@@ -122,6 +181,8 @@ run(const struct settings *s)
     struct cluster_config ccfg;
     struct broker *broker = NULL;
     struct cluster *cluster = NULL;
+    struct peer_client *peers = NULL;
+    struct http_apis apis = {0};
     struct event *sigint = NULL, *sigterm = NULL;
     int rc = 1;
 
@@ -141,13 +202,27 @@ run(const struct settings *s)
     if (!sigint || !sigterm || event_add(sigint, NULL) || event_add(sigterm, NULL))
         goto fail;
     broker = broker_new(base, &cfg);
-    if (!broker)
+    if (!broker || !http_start(s, broker, &apis))
         goto fail;
     if (s->redis) {
         cluster_config_from(s, &ccfg);
         cluster = cluster_new(base, broker, &ccfg);
         if (!cluster)
             goto fail;
+        if (s->internal && s->cluster_secret) {
+            /* Node-to-node calls: cluster-wide takeover, remote reads and kicks. */
+            struct peer_client_config pcfg = {.node_id = s->node_id,
+                                              .secret = s->cluster_secret};
+            peers = peer_client_new(base, &pcfg);
+            if (!peers)
+                goto fail;
+            cluster_set_close_remote(cluster, peer_client_close_remote, peers);
+            if (apis.admin)
+                admin_api_set_cluster(apis.admin, NULL, peers);
+        } else {
+            log_warn("cluster mode without --internal and --cluster-secret: a client that "
+                     "moves to another node cannot close its old connection here");
+        }
     }
     if (!s->allow_anonymous)
         log_warn("allow-anonymous is false and no authentication backend is configured: "
@@ -156,12 +231,15 @@ run(const struct settings *s)
     event_base_dispatch(base);
     rc = 0;
 fail:
+    http_stop(&apis);
     if (broker) {
         broker_stop_listening(broker);
         broker_close_all(broker); /* the cluster records each release */
     }
     cluster_free(cluster);
+    peer_client_free(peers);
     broker_free(broker);
+    http_free(&apis);
     if (sigint)
         event_free(sigint);
     if (sigterm)

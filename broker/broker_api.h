@@ -1,0 +1,75 @@
+/* What the HTTP servers (and later the cluster code) may ask of a broker
+ * loop: describe and list clients, close a connection, publish, deliver to
+ * one connection, read gauges.
+ *
+ * Loop thread only: callers on other threads post an inbox item (see
+ * broker_inbox()) and call these from its run function. JSON results are
+ * new references owned by the caller. */
+#ifndef RMQ_BROKER_BROKER_API_H
+#define RMQ_BROKER_BROKER_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+struct broker;
+
+/* Levels of the broker the metrics report besides its counters. */
+struct broker_gauges {
+    uint64_t connections;       /* open TCP connections, before and after CONNECT */
+    uint64_t connected_clients; /* connections with an accepted CONNECT */
+    uint64_t sessions;          /* sessions held, online or not */
+    uint64_t subscriptions;     /* (filter, session) pairs */
+    uint64_t retained_messages;
+    uint64_t uptime_seconds;
+};
+
+/* The client's description: client_id, online, node, channel, peer,
+ * connected_at (ISO 8601 UTC), connected_at_ms (Unix ms), username,
+ * protocol, protocol_level, clean_session, keepalive, subscriptions
+ * [{filter, qos}], inflight, queued. A persistent
+ * session with no connection is described with online false. NULL if this
+ * node has no session for the id (or out of memory). */
+json_t *broker_api_client_json(struct broker *b, const char *client_id);
+
+/* True if this node holds a session for the id (connected or not). */
+bool broker_api_has_client(struct broker *b, const char *client_id);
+
+/* A page of the connected clients, ordered by client id: those whose id
+ * sorts after `after` (NULL or "" = from the start), at most limit. Each
+ * entry is the short form {client_id, node, channel, peer, protocol,
+ * clean_session}. *more tells whether clients remain after the page. */
+enum rmq_status broker_api_list_clients(struct broker *b, const char *after, size_t limit,
+                                        json_t **page, bool *more);
+
+/* Closes the connection of a connected client with reason kicked; its
+ * channel id is returned through channel (may be NULL). RMQ_NOT_FOUND if
+ * the client is not connected here. */
+enum rmq_status broker_api_kick_client(struct broker *b, const char *client_id, uint64_t *channel);
+
+/* Routes a message as if a client had published it (counted as received).
+ * RMQ_INVALID for an invalid topic name or qos above 2. */
+enum rmq_status broker_api_publish(struct broker *b, const char *topic, size_t topic_len,
+                                   const void *payload, size_t payload_len, uint8_t qos,
+                                   bool retain);
+
+/* Delivers a message to the session of one connection only, at qos (not
+ * capped by any subscription), with the RETAIN flag as given.
+ * RMQ_NOT_FOUND if the channel is gone or has no session yet, RMQ_INVALID
+ * for a bad topic or qos. */
+enum rmq_status broker_api_deliver(struct broker *b, uint64_t channel, const char *topic,
+                                   size_t topic_len, const void *payload, size_t payload_len,
+                                   uint8_t qos, bool retain);
+
+void broker_api_gauges(struct broker *b, struct broker_gauges *out);
+
+/* True while the broker has at least one MQTT listener open. */
+bool broker_api_listening(struct broker *b);
+
+/* This node's id (the broker's configuration; valid while it lives). */
+const char *broker_api_node_id(struct broker *b);
+
+#endif
