@@ -182,6 +182,7 @@ run(const struct settings *s)
     struct broker *broker = NULL;
     struct cluster *cluster = NULL;
     struct peer_client *peers = NULL;
+    struct admin_directory directory;
     struct http_apis apis = {0};
     struct event *sigint = NULL, *sigterm = NULL;
     int rc = 1;
@@ -217,12 +218,14 @@ run(const struct settings *s)
             if (!peers)
                 goto fail;
             cluster_set_close_remote(cluster, peer_client_close_remote, peers);
-            if (apis.admin)
-                admin_api_set_cluster(apis.admin, NULL, peers);
-        } else {
+        }
+        if (!peers)
             log_warn("cluster mode without --internal and --cluster-secret: a client that "
                      "moves to another node cannot close its old connection here");
-        }
+        /* The admin API now answers for the whole cluster. */
+        cluster_directory(cluster, &directory);
+        if (apis.admin)
+            admin_api_set_cluster(apis.admin, &directory, peers);
     }
     if (!s->allow_anonymous)
         log_warn("allow-anonymous is false and no authentication backend is configured: "

@@ -224,6 +224,8 @@ cluster_new(struct event_base *base, struct broker *broker, const struct cluster
     cl->script_reap = redis_link_script(cl->redis, reap_lua);
     cl->script_dead = redis_link_script(cl->redis, dead_lua);
     cl->script_purge = redis_link_script(cl->redis, purge_lua);
+    cl->script_dir_nodes = redis_link_script(cl->redis, directory_nodes_lua);
+    cl->script_dir_clients = redis_link_script(cl->redis, directory_clients_lua);
     uint64_t period = cfg->node_ttl_ms / 3;
     struct timeval tv = {(time_t)(period / 1000), (suseconds_t)(period % 1000) * 1000};
     cl->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, cl);

@@ -21,6 +21,7 @@
 struct event_base;
 struct broker;
 struct cluster;
+struct admin_directory;
 
 struct cluster_config {
     const char *redis_url;
@@ -47,6 +48,11 @@ struct cluster *cluster_new(struct event_base *base, struct broker *broker,
 void cluster_free(struct cluster *cluster);
 
 void cluster_set_close_remote(struct cluster *cluster, cluster_close_remote_fn fn, void *ctx);
+
+/* Fills the admin API's directory with cluster-wide answers read from the
+ * registry (http/admin_api.h): locate a client, list nodes, page through
+ * every client. The cluster must outlive the API's use of it. */
+void cluster_directory(struct cluster *cluster, struct admin_directory *out);
 
 /* True while Redis is reachable (readiness). */
 bool cluster_redis_up(const struct cluster *cluster);

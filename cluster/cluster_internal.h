@@ -28,6 +28,7 @@ struct cluster {
     bool reassert_needed;
     bool closing;
     int script_claim, script_release, script_reap, script_dead, script_purge;
+    int script_dir_nodes, script_dir_clients;
     char key_node[CLUSTER_KEY_MAX];
     char key_nodes[CLUSTER_KEY_MAX];
     char key_my_devices[CLUSTER_KEY_MAX];
@@ -41,6 +42,8 @@ struct cluster {
 
 extern const char registry_claim_lua[];
 extern const char registry_release_lua[];
+extern const char directory_nodes_lua[];
+extern const char directory_clients_lua[];
 
 /* A reply callback that only lets the reply go. */
 void cluster_ignore_reply(struct redisReply *reply, void *arg);
