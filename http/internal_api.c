@@ -155,6 +155,43 @@ run_deliver(struct http_job *base)
         base, 200, json_pack("{s:b,s:I}", "delivered", 1, "channel", (json_int_t)job->channel));
 }
 
+/* A publish another node's admin API accepted: delivered to this node's
+ * subscribers only (the sender reaches every node itself). Until routes are
+ * replicated between nodes this is how an API publish crosses the cluster. */
+static void
+run_publish(struct http_job *base)
+{
+    const struct http_message *m = &((struct internal_job *)base)->msg;
+    struct broker *b = ((struct internal_job *)base)->api->broker;
+    if (broker_api_publish(b, m->topic, m->topic_len, m->payload, m->payload_len, m->qos,
+                           m->retain) != RMQ_OK) {
+        http_job_reply_error(base, 400, "invalid_topic", "the message was refused");
+        return;
+    }
+    http_job_reply_json(base, 200, json_pack("{s:b}", "published", 1));
+}
+
+static void
+handle_publish(struct http_request *req, void *ctx)
+{
+    json_t *doc = http_request_json_object(req);
+    if (!doc)
+        return;
+    struct internal_job *job = job_new(ctx);
+    if (!job) {
+        json_decref(doc);
+        http_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    bool ok = http_request_message(req, doc, true, &job->msg);
+    json_decref(doc);
+    if (!ok) {
+        job_destroy(&job->base);
+        return;
+    }
+    post(job, req, run_publish);
+}
+
 static void
 run_client(struct http_job *base)
 {
@@ -262,6 +299,7 @@ static const struct http_route builtin_routes[] = {
     {"POST", "/internal/v1/channels/{channel}/deliver", handle_deliver, "internal_deliver", 0,
      NULL},
     {"GET", "/internal/v1/clients/{id}", handle_client, "internal_client", 0, NULL},
+    {"POST", "/internal/v1/publish", handle_publish, "internal_publish", 0, NULL},
 };
 #define BUILTIN_COUNT (sizeof(builtin_routes) / sizeof(builtin_routes[0]))
 
