@@ -13,6 +13,7 @@
 #include "broker/broker.h"
 #include "broker/message.h"
 #include "broker/metrics.h"
+#include "broker/outq.h"
 #include "broker/packet_codec.h"
 #include "common/timer_wheel.h"
 
@@ -60,9 +61,7 @@ struct conn {
     uint32_t in_len, in_cap;
     uint32_t in_need;         /* total size of the pending packet, 0 if unknown */
 
-    /* Encoded packets not yet written. */
-    uint8_t *out;
-    size_t out_len, out_off, out_cap;
+    struct outq out; /* encoded packets not yet written */
 
     struct conn *dirty_next;
     struct conn *prev, *next; /* all connections of the broker */
@@ -209,6 +208,9 @@ enum rmq_status conn_write(struct conn *c, const void *data, size_t len);
 
 /* Reserves n bytes at the end of the output and returns them to fill. */
 uint8_t *conn_reserve(struct conn *c, size_t n);
+
+/* Appends msg's payload by reference (after what was reserved so far). */
+enum rmq_status conn_write_ref(struct conn *c, struct message *msg);
 
 /* Ends the connection: publishes the will unless reason is CLOSE_NORMAL or
  * CLOSE_SHUTDOWN, detaches (and for clean sessions destroys) the session,

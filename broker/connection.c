@@ -27,7 +27,6 @@
 #include "common/hashmap.h"
 #include "common/log.h"
 
-#define OUT_KEEP_MAX (16u * 1024u) /* output buffers above this are freed once drained */
 
 const char *
 close_reason_name(enum close_reason reason)
@@ -63,7 +62,7 @@ conn_set_events(struct conn *c, bool want_read, bool want_write)
 static size_t
 out_pending(const struct conn *c)
 {
-    return c->out_len - c->out_off;
+    return outq_pending(&c->out);
 }
 
 /* Reads resume only once the output has drained below the limit. */
@@ -174,28 +173,19 @@ mark_dirty(struct conn *c)
 uint8_t *
 conn_reserve(struct conn *c, size_t n)
 {
-    if (c->out_len + n > c->out_cap) {
-        /* Compact before growing: the written prefix is dead space. */
-        if (c->out_off) {
-            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-            c->out_len -= c->out_off;
-            c->out_off = 0;
-        }
-        if (c->out_len + n > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 256;
-            while (cap < c->out_len + n)
-                cap *= 2;
-            uint8_t *out = realloc(c->out, cap);
-            if (!out)
-                return NULL;
-            c->out = out;
-            c->out_cap = cap;
-        }
-    }
-    uint8_t *p = c->out + c->out_len;
-    c->out_len += n;
-    mark_dirty(c);
+    uint8_t *p = outq_reserve(&c->out, n);
+    if (p)
+        mark_dirty(c);
     return p;
+}
+
+enum rmq_status
+conn_write_ref(struct conn *c, struct message *msg)
+{
+    enum rmq_status st = outq_add_ref(&c->out, msg);
+    if (st == RMQ_OK)
+        mark_dirty(c);
+    return st;
 }
 
 enum rmq_status
@@ -212,29 +202,12 @@ conn_write(struct conn *c, const void *data, size_t len)
 static enum rmq_status
 conn_flush(struct conn *c)
 {
-    while (out_pending(c) > 0) {
-        ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
-        if (n > 0) {
-            c->out_off += (size_t)n;
-            c->broker->metrics.bytes_sent += (uint64_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            c->want_write = true;
-            conn_update_events(c);
-            return RMQ_OK;
-        }
+    size_t written;
+    enum rmq_status st = outq_write(&c->out, c->fd, &written);
+    c->broker->metrics.bytes_sent += written;
+    if (st == RMQ_IO)
         return RMQ_IO;
-    }
-    c->out_len = c->out_off = 0;
-    if (c->out_cap > OUT_KEEP_MAX) {
-        free(c->out);
-        c->out = NULL;
-        c->out_cap = 0;
-    }
-    c->want_write = false;
+    c->want_write = st == RMQ_AGAIN;
     conn_update_events(c);
     return RMQ_OK;
 }
@@ -324,8 +297,8 @@ conn_close(struct conn *c, enum close_reason reason)
     unthrottle_one(c);
     /* Best effort for a last CONNACK or similar; never wait. */
     if (out_pending(c) > 0 && reason != CLOSE_SOCKET_ERROR) {
-        ssize_t n = send(c->fd, c->out + c->out_off, out_pending(c), MSG_NOSIGNAL);
-        (void)n;
+        size_t n;
+        outq_write(&c->out, c->fd, &n);
     }
     detach_session(b, c);
     struct message *will = c->will;
@@ -344,7 +317,7 @@ conn_close(struct conn *c, enum close_reason reason)
     b->conn_count--;
     b->metrics.connections_closed++;
     free(c->in);
-    free(c->out);
+    outq_clear(&c->out);
     free(c->username);
     free(c);
 

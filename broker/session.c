@@ -156,27 +156,34 @@ count_sent(struct broker *b, uint8_t qos)
         b->metrics.messages_sent_qos2++;
 }
 
+/* Encodes a PUBLISH into c's output. A large payload of a message object
+ * is queued by reference, so a fan-out keeps one copy of it. */
 static void
-send_publish(struct conn *c, const char *topic, uint16_t topic_len, const uint8_t *payload,
-             uint32_t payload_len, uint8_t qos, uint16_t packet_id, bool dup, bool retain)
+send_publish(struct conn *c, const char *topic, uint16_t topic_len, struct message *msg,
+             const uint8_t *payload, uint32_t payload_len, uint8_t qos, uint16_t packet_id,
+             bool dup, bool retain)
 {
+    bool by_ref = msg && payload_len >= OUTQ_REF_MIN;
     size_t total = mqtt_publish_size(qos, topic_len, payload_len);
-    uint8_t *p = conn_reserve(c, total);
+    size_t body = by_ref ? 0 : payload_len;
+    uint8_t *p = conn_reserve(c, total - payload_len + body);
     if (!p)
         return; /* out of memory: the connection is being closed */
     size_t h = mqtt_encode_publish_header(p, qos, dup, retain, (const uint8_t *)topic, topic_len,
                                           packet_id, payload_len);
-    if (payload_len)
-        memcpy(p + h, payload, payload_len);
+    if (body)
+        memcpy(p + h, payload, body);
+    else if (by_ref)
+        conn_write_ref(c, msg);
     count_sent(c->broker, qos);
 }
 
 static void
-send_message(struct conn *c, const struct message *msg, uint8_t qos, uint16_t packet_id, bool dup,
+send_message(struct conn *c, struct message *msg, uint8_t qos, uint16_t packet_id, bool dup,
              bool retain)
 {
-    send_publish(c, msg->topic, msg->topic_len, msg->payload, msg->payload_len, qos, packet_id, dup,
-                 retain);
+    send_publish(c, msg->topic, msg->topic_len, msg, msg->payload, msg->payload_len, qos,
+                 packet_id, dup, retain);
 }
 
 static bool
@@ -276,11 +283,14 @@ session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qo
         struct conn *c = s->conn;
         if (!c)
             return; /* QoS 0 is not kept for offline clients */
-        if (c->out_len - c->out_off > b->cfg->max_output_buffer) {
+        if (outq_pending(&c->out) > b->cfg->max_output_buffer) {
             b->metrics.messages_dropped++;
             return;
         }
-        send_publish(c, r->topic, r->topic_len, r->payload, r->payload_len, 0, 0, false, retain);
+        /* A large payload becomes one shared message for every subscriber. */
+        struct message *msg = r->payload_len >= OUTQ_REF_MIN ? route_message(b, r) : NULL;
+        send_publish(c, r->topic, r->topic_len, msg, r->payload, r->payload_len, 0, 0, false,
+                     retain);
         return;
     }
     struct message *msg = route_message(b, r);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/broker_api.h"
 #include "cluster/cluster_internal.h"
 #include "common/clock.h"
 #include "http/admin_api.h"
@@ -49,14 +50,22 @@ struct dir_call {
     admin_locate_cb locate_cb;
     admin_json_cb json_cb;
     void *arg;
+    char client_id[]; /* locate only */
 };
 
 static struct dir_call *
-call_new(struct cluster *cl, admin_locate_cb lcb, admin_json_cb jcb, void *arg)
+call_new(struct cluster *cl, admin_locate_cb lcb, admin_json_cb jcb, void *arg,
+         const char *client_id)
 {
-    struct dir_call *c = calloc(1, sizeof(*c));
-    if (c)
-        *c = (struct dir_call){cl, lcb, jcb, arg};
+    size_t n = client_id ? strlen(client_id) + 1 : 1;
+    struct dir_call *c = calloc(1, sizeof(*c) + n);
+    if (c) {
+        c->cl = cl;
+        c->locate_cb = lcb;
+        c->json_cb = jcb;
+        c->arg = arg;
+        memcpy(c->client_id, client_id ? client_id : "", n);
+    }
     return c;
 }
 
@@ -83,7 +92,13 @@ on_locate(struct redisReply *r, void *arg)
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
         c->locate_cb(RMQ_IO, NULL, c->arg);
     } else if (r->element[0]->type != REDIS_REPLY_STRING) {
-        c->locate_cb(RMQ_NOT_FOUND, NULL, c->arg);
+        /* Not connected anywhere; an offline persistent session may still
+         * live here, and this node answers for it. */
+        struct admin_location loc = {.node_id = cl->cfg->node_id, .local = true};
+        if (broker_api_has_client(cl->broker, c->client_id))
+            c->locate_cb(RMQ_OK, &loc, c->arg);
+        else
+            c->locate_cb(RMQ_NOT_FOUND, NULL, c->arg);
     } else {
         struct admin_location loc = {
             .node_id = elem(r, 0),
@@ -103,7 +118,7 @@ dir_locate(void *ctx, const char *client_id, admin_locate_cb cb, void *arg)
     char key[CLUSTER_KEY_MAX];
     snprintf(key, sizeof(key), "%sdev:%s", cl->cfg->prefix, client_id);
     const char *argv[] = {"HMGET", key, "node", "addr", "channel"};
-    struct dir_call *c = call_new(cl, cb, NULL, arg);
+    struct dir_call *c = call_new(cl, cb, NULL, arg, client_id);
     if (!c) {
         cb(RMQ_NOMEM, NULL, arg);
         return;
@@ -115,12 +130,13 @@ dir_locate(void *ctx, const char *client_id, admin_locate_cb cb, void *arg)
 }
 
 static json_t *
-node_json(const redisReply *n, uint64_t now_ms)
+node_json(const redisReply *n, const char *self, uint64_t now_ms)
 {
     uint64_t started = strtoull(elem(n, 3), NULL, 10);
     bool alive = strcmp(elem(n, 1), "1") == 0;
-    return json_pack("{s:s,s:s?,s:b,s:I,s:I,s:s?}", "node_id", elem(n, 0), "address",
-                     alive ? elem(n, 2) : NULL, "alive", alive, "uptime_seconds",
+    return json_pack("{s:s,s:s?,s:b,s:b,s:I,s:I,s:s?}", "node_id", elem(n, 0), "address",
+                     alive ? elem(n, 2) : NULL, "alive", alive, "local",
+                     strcmp(elem(n, 0), self) == 0, "uptime_seconds",
                      (json_int_t)(alive && started && now_ms > started ? (now_ms - started) / 1000
                                                                        : 0),
                      "connections", (json_int_t)strtoll(elem(n, 4), NULL, 10), "version",
@@ -135,7 +151,7 @@ on_nodes(struct redisReply *r, void *arg)
     uint64_t now = clock_wall_ms();
     for (size_t i = 0; nodes && i < r->elements; i++) {
         if (r->element[i]->type == REDIS_REPLY_ARRAY && r->element[i]->elements == 6)
-            json_array_append_new(nodes, node_json(r->element[i], now));
+            json_array_append_new(nodes, node_json(r->element[i], c->cl->cfg->node_id, now));
     }
     c->json_cb(nodes ? RMQ_OK : RMQ_IO, nodes, c->arg);
     free(c);
@@ -146,7 +162,7 @@ dir_list_nodes(void *ctx, admin_json_cb cb, void *arg)
 {
     struct cluster *cl = ctx;
     const char *argv[] = {cl->key_nodes, cl->cfg->prefix};
-    struct dir_call *c = call_new(cl, NULL, cb, arg);
+    struct dir_call *c = call_new(cl, NULL, cb, arg, NULL);
     if (!c) {
         cb(RMQ_NOMEM, NULL, arg);
         return;
@@ -165,7 +181,7 @@ client_json(const redisReply *d)
                      elem(d, 0), "node", elem(d, 2), "channel",
                      (json_int_t)strtoll(elem(d, 7), NULL, 10), "peer", elem(d, 3), "username",
                      user[0] ? user : NULL, "protocol",
-                     strcmp(proto, "3") == 0 ? "MQTT 3.1" : "MQTT 3.1.1", "clean_session",
+                     strcmp(proto, "3") == 0 ? "3.1" : "3.1.1", "clean_session",
                      strcmp(elem(d, 6), "1") == 0);
 }
 
@@ -214,7 +230,7 @@ dir_list_clients(void *ctx, const char *node, const char *cursor, size_t limit, 
     }
     snprintf(count, sizeof(count), "%zu", limit ? limit : 100);
     const char *argv[] = {cl->cfg->prefix, node ? node : "", cursor ? cursor : "0", count};
-    struct dir_call *c = call_new(cl, NULL, cb, arg);
+    struct dir_call *c = call_new(cl, NULL, cb, arg, NULL);
     if (!c) {
         cb(RMQ_NOMEM, NULL, arg);
         return;
