@@ -229,6 +229,7 @@ void conn_resume_input(struct conn *c);
  * drains; session_unthrottle() lets every publisher waiting on s go. */
 void conn_throttle(struct conn *c, struct session *s);
 void session_unthrottle(struct broker *b, struct session *s);
+void session_unlink_throttling(struct broker *b, struct session *s);
 
 /* Called each tick: sessions that kept publishers paused beyond
  * backpressure-timeout are marked stalled and their publishers released. */

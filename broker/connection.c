@@ -54,9 +54,11 @@ conn_set_events(struct conn *c, bool want_read, bool want_write)
     short flags = (short)(EV_PERSIST | (want_read ? EV_READ : 0) | (want_write ? EV_WRITE : 0));
     if (event_get_events(&c->ev) == flags)
         return;
-    event_del(&c->ev);
+    event_del(&c->ev); /* also drops a pending event_active() */
     event_assign(&c->ev, c->broker->base, c->fd, flags, conn_on_event, c);
     event_add(&c->ev, NULL);
+    if (want_read && c->in_len && !c->dispatching)
+        event_active(&c->ev, EV_READ, 1); /* kept input still waits to be run */
 }
 
 static size_t
@@ -93,6 +95,8 @@ unthrottle_one(struct conn *c)
         pp = &(*pp)->throttle_next;
     if (*pp)
         *pp = c->throttle_next;
+    if (!c->throttled_by->throttled)
+        session_unlink_throttling(c->broker, c->throttled_by);
     c->throttled_by = NULL;
     c->throttle_next = NULL;
 }
@@ -293,6 +297,7 @@ conn_close(struct conn *c, enum close_reason reason)
     struct broker *b = c->broker;
     log_debug("closing connection %llu from %s: %s", (unsigned long long)c->channel, c->peer,
               close_reason_name(reason));
+    bool was_active = c->state == CONN_ACTIVE;
     release_claim(b, c, reason);
     unthrottle_one(c);
     /* Best effort for a last CONNACK or similar; never wait. */
@@ -323,8 +328,8 @@ conn_close(struct conn *c, enum close_reason reason)
 
     /* After the session is detached, so a persistent session of the same
      * client that subscribes to its own will topic gets it queued. */
-    if (will && reason != CLOSE_NORMAL && reason != CLOSE_SHUTDOWN)
-        publish_will(b, will);
+    if (will && was_active && reason != CLOSE_NORMAL && reason != CLOSE_SHUTDOWN)
+        publish_will(b, will); /* only for a CONNECT that was accepted [MQTT-3.1.2-8] */
     else
         message_unref(will);
 }
@@ -503,8 +508,10 @@ read_large(struct conn *c)
     size_t len = c->in_len;
     c->in = NULL;
     c->in_len = c->in_cap = c->in_need = 0;
-    process(c, in, len);
+    bool open = process(c, in, len);
     free(in);
+    if (open)
+        conn_update_events(c);
 }
 
 static void

@@ -52,7 +52,7 @@ outq_reserve(struct outq *q, size_t n)
 }
 
 enum rmq_status
-outq_add_ref(struct outq *q, struct message *msg)
+outq_ref_room(struct outq *q)
 {
     if (q->ref_count == q->ref_cap) {
         uint32_t cap = q->ref_cap ? q->ref_cap * 2 : 8;
@@ -66,6 +66,14 @@ outq_add_ref(struct outq *q, struct message *msg)
         q->ref_cap = cap;
         q->ref_head = 0;
     }
+    return RMQ_OK;
+}
+
+enum rmq_status
+outq_add_ref(struct outq *q, struct message *msg)
+{
+    if (outq_ref_room(q) != RMQ_OK)
+        return RMQ_NOMEM;
     *ref_at(q, q->ref_count++) = (struct outq_ref){.at = q->len, .msg = message_ref(msg)};
     q->ref_bytes += msg->payload_len;
     return RMQ_OK;

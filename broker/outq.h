@@ -45,6 +45,10 @@ outq_pending(const struct outq *q)
 /* n bytes to fill at the end of the queue, or NULL (out of memory). */
 uint8_t *outq_reserve(struct outq *q, size_t n);
 
+/* Makes room for one more reference: after RMQ_OK the next
+ * outq_add_ref() cannot fail. */
+enum rmq_status outq_ref_room(struct outq *q);
+
 /* Queues msg's payload after everything queued so far, taking a reference. */
 enum rmq_status outq_add_ref(struct outq *q, struct message *msg);
 

@@ -42,9 +42,19 @@ throttle_high(const struct broker *b)
     return max > 1 ? max / 2 : 1;
 }
 
-static void
-unlink_throttling(struct broker *b, struct session *s)
+static bool
+in_throttling(const struct broker *b, const struct session *s)
 {
+    return s->throttling_prev || b->throttling == s;
+}
+
+/* Takes s off the broker's list of sessions with paused publishers.
+ * Idempotent. */
+void
+session_unlink_throttling(struct broker *b, struct session *s)
+{
+    if (!in_throttling(b, s))
+        return;
     if (s->throttling_prev)
         s->throttling_prev->throttling_next = s->throttling_next;
     else if (b->throttling == s)
@@ -57,8 +67,7 @@ unlink_throttling(struct broker *b, struct session *s)
 void
 session_unthrottle(struct broker *b, struct session *s)
 {
-    if (s->throttled)
-        unlink_throttling(b, s);
+    session_unlink_throttling(b, s);
     while (s->throttled) {
         struct conn *c = s->throttled;
         s->throttled = c->throttle_next;
@@ -81,7 +90,7 @@ maybe_throttle(struct broker *b, struct session *s)
     struct session *own = pub->session;
     if (own && (own->queue_len || own->inflight_count >= b->cfg->max_inflight))
         return;
-    if (!s->throttled) {
+    if (!in_throttling(b, s)) {
         s->throttled_since_ms = broker_now(b);
         s->throttling_next = b->throttling;
         if (b->throttling)
@@ -163,7 +172,8 @@ send_publish(struct conn *c, const char *topic, uint16_t topic_len, struct messa
              const uint8_t *payload, uint32_t payload_len, uint8_t qos, uint16_t packet_id,
              bool dup, bool retain)
 {
-    bool by_ref = msg && payload_len >= OUTQ_REF_MIN;
+    /* Room for the reference first, so the header never goes out alone. */
+    bool by_ref = msg && payload_len >= OUTQ_REF_MIN && outq_ref_room(&c->out) == RMQ_OK;
     size_t total = mqtt_publish_size(qos, topic_len, payload_len);
     size_t body = by_ref ? 0 : payload_len;
     uint8_t *p = conn_reserve(c, total - payload_len + body);
@@ -211,14 +221,14 @@ static bool
 start_inflight(struct broker *b, struct session *s, struct message *msg, uint8_t qos, bool retain)
 {
     if (s->inflight_count == s->inflight_cap) {
-        uint16_t cap = s->inflight_cap ? (uint16_t)(s->inflight_cap * 2) : 4;
+        uint32_t cap = s->inflight_cap ? s->inflight_cap * 2u : 4u;
         if (cap > b->cfg->max_inflight)
             cap = b->cfg->max_inflight;
         struct inflight *n = realloc(s->inflight, cap * sizeof(*n));
         if (!n)
             return false;
         s->inflight = n;
-        s->inflight_cap = cap;
+        s->inflight_cap = (uint16_t)cap;
     }
     uint16_t id = next_packet_id(s);
     s->inflight[s->inflight_count++] =

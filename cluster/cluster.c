@@ -80,7 +80,7 @@ reap_device(struct cluster *cl, const char *node, const redisReply *d)
                        (uint8_t)atoi(str_at(d, 6)), atoi(str_at(d, 7)) != 0);
     }
     registry_emit_event(cl, "offline", device, str_at(d, 1), str_at(d, 2), node, str_at(d, 3),
-                        "node_down");
+                        NULL, "node_down");
 }
 
 struct reap_ctx {
@@ -133,6 +133,24 @@ on_dead_reply(struct redisReply *reply, void *arg)
             reap(cl, reply->element[i]->str, false);
 }
 
+static void reassert_all(struct cluster *cl);
+
+/* SADD answers 1 when this node was not in the node set: after the first
+ * heartbeat since Redis came up that means a survivor reaped this node while
+ * it was alive (a long stall): its devices are re-asserted. */
+static void
+on_sadd_reply(struct redisReply *reply, void *arg)
+{
+    struct cluster *cl = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER || cl->closing)
+        return;
+    if (cl->joined && reply->integer == 1) {
+        log_warn("this node was declared dead while alive; re-asserting its devices");
+        reassert_all(cl);
+    }
+    cl->joined = true;
+}
+
 /* Writes the node record with its TTL, then looks for dead nodes. */
 static void
 heartbeat(struct cluster *cl)
@@ -150,7 +168,7 @@ heartbeat(struct cluster *cl)
     const char *dead[] = {cl->key_nodes, cl->cfg->prefix, cl->cfg->node_id};
     redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 14, hset, NULL);
     redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, expire, NULL);
-    redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, sadd, NULL);
+    redis_link_argv(cl->redis, on_sadd_reply, cl, 3, sadd, NULL);
     /* Right after (re)connecting, every record may have lapsed while Redis
      * was away; live nodes refresh theirs within one TTL, so wait that long
      * before calling anyone dead. */
@@ -166,25 +184,32 @@ on_heartbeat(evutil_socket_t fd, short what, void *arg)
         heartbeat(cl);
 }
 
+/* Forgets this node's device entries, then claims the live ones again;
+ * one connection keeps the order. */
+static void
+reassert_all(struct cluster *cl)
+{
+    const char *argv[] = {cl->key_my_devices, cl->cfg->prefix, cl->cfg->node_id};
+    redis_link_eval(cl->redis, cl->script_purge, cluster_ignore_reply, NULL, 1, 3, argv, NULL);
+    broker_foreach_client(cl->broker, registry_reassert_one, cl);
+    cl->reassert_needed = false;
+}
+
 static void
 on_redis_up(void *ctx)
 {
     struct cluster *cl = ctx;
     cl->redis_up_since_ms = clock_monotonic_ms();
+    cl->joined = false;
     if (!cl->registered_once) {
         /* Entries a previous life of this node left behind. */
         reap(cl, cl->cfg->node_id, true);
         cl->registered_once = true;
+        broker_foreach_client(cl->broker, registry_reassert_one, cl);
     } else {
-        const char *argv[] = {cl->key_my_devices, cl->cfg->prefix, cl->cfg->node_id};
-        redis_link_eval(cl->redis, cl->script_purge, cluster_ignore_reply, NULL, 1, 3, argv,
-                        NULL);
+        reassert_all(cl);
     }
     heartbeat(cl);
-    /* Same connection, so these run after the purge: the registry ends up
-     * naming exactly the clients connected here now. */
-    broker_foreach_client(cl->broker, registry_reassert_one, cl);
-    cl->reassert_needed = false;
 }
 
 static void
@@ -226,6 +251,7 @@ cluster_new(struct event_base *base, struct broker *broker, const struct cluster
     cl->script_purge = redis_link_script(cl->redis, purge_lua);
     cl->script_dir_nodes = redis_link_script(cl->redis, directory_nodes_lua);
     cl->script_dir_clients = redis_link_script(cl->redis, directory_clients_lua);
+    cl->script_reassert = redis_link_script(cl->redis, registry_reassert_lua);
     uint64_t period = cfg->node_ttl_ms / 3;
     struct timeval tv = {(time_t)(period / 1000), (suseconds_t)(period % 1000) * 1000};
     cl->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, cl);

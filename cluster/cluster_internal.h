@@ -28,7 +28,8 @@ struct cluster {
     bool reassert_needed;
     bool closing;
     int script_claim, script_release, script_reap, script_dead, script_purge;
-    int script_dir_nodes, script_dir_clients;
+    int script_dir_nodes, script_dir_clients, script_reassert;
+    bool joined; /* this node's SADD to the node set answered since Redis came up */
     char key_node[CLUSTER_KEY_MAX];
     char key_nodes[CLUSTER_KEY_MAX];
     char key_my_devices[CLUSTER_KEY_MAX];
@@ -42,6 +43,7 @@ struct cluster {
 
 extern const char registry_claim_lua[];
 extern const char registry_release_lua[];
+extern const char registry_reassert_lua[];
 extern const char directory_nodes_lua[];
 extern const char directory_clients_lua[];
 
@@ -59,6 +61,6 @@ void registry_reassert_one(void *arg, const struct broker_client_info *info);
  * NULL for online events. */
 void registry_emit_event(struct cluster *cl, const char *type, const char *device,
                          const char *client_id, const char *username, const char *node,
-                         const char *peer, const char *reason);
+                         const char *peer, const char *channel_id, const char *reason);
 
 #endif

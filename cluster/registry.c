@@ -30,6 +30,20 @@ const char registry_claim_lua[] =
     "end\n"
     "return {prev[1], prev[2] or '', prev[3] or '', prev[4] or ''}\n";
 
+/* Re-assertion after Redis came back: writes the entry only if it is
+ * absent or still names this node, so a device that meanwhile moved to
+ * another node is left there (and never kicked). */
+const char registry_reassert_lua[] =
+    "local cur = redis.call('HGET', KEYS[1], 'node')\n"
+    "if cur and cur ~= ARGV[3] then\n"
+    "  redis.call('SREM', KEYS[2], ARGV[2])\n"
+    "  return 0\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n"
+    "redis.call('SADD', KEYS[2], ARGV[2])\n"
+    "return 1\n";
+
 const char registry_release_lua[] =
     "local cur = redis.call('HMGET', KEYS[1], 'channel_id', 'node')\n"
     "if cur[1] == ARGV[1] then\n"
@@ -75,7 +89,7 @@ topic_escape_level(const char *in, char *out, size_t len)
 void
 registry_emit_event(struct cluster *cl, const char *type, const char *device,
                     const char *client_id, const char *username, const char *node,
-                    const char *peer, const char *reason)
+                    const char *peer, const char *channel, const char *reason)
 {
     char ts[24], maxlen[24];
     uint64_t now = clock_wall_ms();
@@ -84,7 +98,8 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
     const char *argv[] = {
         "XADD", cl->key_events, "MAXLEN", "~", maxlen, "*", "event", type, "device", device,
         "client_id", client_id, "username", username ? username : "", "node", node,
-        "peer", peer ? peer : "", "ts", ts, "reason", reason ? reason : "",
+        "peer", peer ? peer : "", "ts", ts, "channel_id", channel ? channel : "",
+        "reason", reason ? reason : "",
     };
     int argc = (int)(sizeof(argv) / sizeof(argv[0]));
     if (!reason)
@@ -93,9 +108,10 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
         cl->events_dropped++;
 
     /* The same event for MQTT backends. */
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s?, s:I}", "event", type, "device",
-                          device, "client_id", client_id, "username", username, "node", node,
-                          "peer", peer, "ts", (json_int_t)now);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s?, s:I, s:s?}", "event", type,
+                          "device", device, "client_id", client_id, "username", username,
+                          "node", node, "peer", peer, "ts", (json_int_t)now, "channel_id",
+                          channel);
     if (j && reason)
         json_object_set_new(j, "reason", json_string(reason));
     char *payload = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -114,8 +130,21 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
 struct claim_ctx {
     struct cluster *cl;
     struct broker_claim *token; /* NULL for a re-assertion */
+    char *client_id, *username, *peer; /* for the online event */
+    char channel_id[CLUSTER_KEY_MAX];
     char device[];
 };
+
+static void
+claim_ctx_free(struct claim_ctx *x)
+{
+    if (!x)
+        return;
+    free(x->client_id);
+    free(x->username);
+    free(x->peer);
+    free(x);
+}
 
 static void
 on_claim_reply(struct redisReply *reply, void *arg)
@@ -139,16 +168,24 @@ on_claim_reply(struct redisReply *reply, void *arg)
     if (!ok && reply)
         log_warn("device %s: claim failed: %s", x->device, reply->str);
     /* A claim Redis could not answer still connects the client: the
-     * registry is re-asserted when Redis is back. */
+     * registry is re-asserted when Redis is back. Always answered, so no
+     * token is left behind (after shutdown the broker only frees it). */
     if (!reply)
         cl->reassert_needed = true;
-    if (x->token && !cl->closing)
+    if (x->token) {
         broker_claim_done(x->token, true);
-    free(x);
+        /* After the takeover closed any older connection, so the stream
+         * reads offline (old) then online (new). */
+        if (!cl->closing)
+            registry_emit_event(cl, "online", x->device, x->client_id, x->username,
+                                cl->cfg->node_id, x->peer, x->channel_id, NULL);
+    }
+    claim_ctx_free(x);
 }
 
 static enum rmq_status
-send_claim(struct cluster *cl, const struct broker_client_info *info, struct claim_ctx *x)
+send_claim(struct cluster *cl, const struct broker_client_info *info, struct claim_ctx *x,
+           int script)
 {
     const char *device = x->device;
     char key[CLUSTER_KEY_MAX], chan[32], cid[CLUSTER_KEY_MAX], epoch[24], at[24], proto[4],
@@ -178,18 +215,27 @@ send_claim(struct cluster *cl, const struct broker_client_info *info, struct cla
         lens[i] = strlen(argv[i]);
     /* The will payload is binary and comes last. */
     lens[ARGC - 1] = info->will_topic ? info->will_payload_len : 0;
-    return redis_link_eval(cl->redis, cl->script_claim, on_claim_reply, x, 2, ARGC, argv, lens);
+    return redis_link_eval(cl->redis, script, on_claim_reply, x, 2, ARGC, argv, lens);
 }
 
 static struct claim_ctx *
-claim_ctx_new(struct cluster *cl, struct broker_claim *token, const char *device)
+claim_ctx_new(struct cluster *cl, struct broker_claim *token, const char *device,
+              const struct broker_client_info *info)
 {
     size_t n = strlen(device) + 1;
-    struct claim_ctx *x = malloc(sizeof(*x) + n);
-    if (x) {
-        x->cl = cl;
-        x->token = token;
-        memcpy(x->device, device, n);
+    struct claim_ctx *x = calloc(1, sizeof(*x) + n);
+    if (!x)
+        return NULL;
+    x->cl = cl;
+    x->token = token;
+    memcpy(x->device, device, n);
+    channel_id(cl, info->channel, x->channel_id, sizeof(x->channel_id));
+    x->client_id = strdup(info->client_id);
+    x->username = info->username ? strdup(info->username) : NULL;
+    x->peer = strdup(info->peer);
+    if (!x->client_id || !x->peer || (info->username && !x->username)) {
+        claim_ctx_free(x);
+        return NULL;
     }
     return x;
 }
@@ -199,14 +245,16 @@ registry_on_claim(void *ctx, struct broker_claim *token, const struct broker_cli
 {
     struct cluster *cl = ctx;
     const char *device = registry_device_id(cl, info);
-    registry_emit_event(cl, "online", device, info->client_id, info->username, cl->cfg->node_id,
-                        info->peer, NULL);
-    struct claim_ctx *x = claim_ctx_new(cl, token, device);
-    enum rmq_status st = x ? send_claim(cl, info, x) : RMQ_NOMEM;
+    struct claim_ctx *x = claim_ctx_new(cl, token, device, info);
+    enum rmq_status st = x ? send_claim(cl, info, x, cl->script_claim) : RMQ_NOMEM;
     if (st == RMQ_OK)
         return;
-    free(x);
     cl->reassert_needed = true; /* Redis down: serve now, register later */
+    char cid[CLUSTER_KEY_MAX];
+    channel_id(cl, info->channel, cid, sizeof(cid));
+    registry_emit_event(cl, "online", device, info->client_id, info->username, cl->cfg->node_id,
+                        info->peer, cid, NULL);
+    claim_ctx_free(x);
     broker_claim_done(token, true);
 }
 
@@ -215,9 +263,9 @@ void
 registry_reassert_one(void *arg, const struct broker_client_info *info)
 {
     struct cluster *cl = arg;
-    struct claim_ctx *x = claim_ctx_new(cl, NULL, registry_device_id(cl, info));
-    if (x && send_claim(cl, info, x) != RMQ_OK)
-        free(x);
+    struct claim_ctx *x = claim_ctx_new(cl, NULL, registry_device_id(cl, info), info);
+    if (x && send_claim(cl, info, x, cl->script_reassert) != RMQ_OK)
+        claim_ctx_free(x);
 }
 
 /* ---- release ---- */
@@ -235,5 +283,5 @@ registry_on_released(void *ctx, const struct broker_client_info *info, enum clos
                         NULL) != RMQ_OK)
         cl->reassert_needed = true;
     registry_emit_event(cl, "offline", device, info->client_id, info->username,
-                        cl->cfg->node_id, info->peer, close_reason_name(reason));
+                        cl->cfg->node_id, info->peer, cid, close_reason_name(reason));
 }
