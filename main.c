@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/acl.h"
+#include "broker/auth.h"
 #include "broker/broker.h"
 #include "cluster/cluster.h"
 #include "common/config.h"
@@ -17,6 +19,8 @@
 #include "http/internal_api.h"
 #include "http/peer_client.h"
 #include "settings.h"
+
+int passwd_main(int argc, char **argv); /* passwd_cmd.c: `relaymq passwd ...` */
 
 #define ENV_PREFIX "RELAYMQ_"
 
@@ -160,6 +164,27 @@ load_settings(int argc, char **argv, struct settings *s)
     return 0;
 }
 
+/* Loads --password-file and --acl-file (each optional). False, with the
+ * file:line of the problem logged, if either is bad. */
+static bool
+security_load(const struct settings *s, struct auth **auth, struct acl **acl)
+{
+    char err[512];
+    if (s->password_file && !(*auth = auth_load(s->password_file, err, sizeof(err)))) {
+        log_error("password-file: %s", err);
+        return false;
+    }
+    if (s->acl_file && !(*acl = acl_load(s->acl_file, err, sizeof(err)))) {
+        log_error("acl-file: %s", err);
+        return false;
+    }
+    if (*auth)
+        log_info("password file %s: %zu users", s->password_file, auth_user_count(*auth));
+    if (*acl)
+        log_info("ACL file %s loaded; topics it does not allow are denied", s->acl_file);
+    return true;
+}
+
 static void
 cluster_config_from(const struct settings *s, struct cluster_config *cfg)
 {
@@ -185,18 +210,26 @@ run(const struct settings *s)
     struct admin_directory directory;
     struct http_apis apis = {0};
     struct event *sigint = NULL, *sigterm = NULL;
+    struct auth *auth = NULL;
+    struct acl *acl = NULL;
     int rc = 1;
 
     broker_config_from(s, &cfg);
+    if (!security_load(s, &auth, &acl)) {
+        auth_free(auth);
+        return 2;
+    }
+    cfg.auth = auth;
+    cfg.acl = acl;
     /* Other threads (HTTP) wake the loop through its inbox. */
+    struct event_base *base = NULL;
     if (evthread_use_pthreads() != 0) {
         log_error("libevent has no pthreads support");
-        return 1;
+        goto fail;
     }
-    struct event_base *base = event_base_new();
-    if (!base) {
+    if (!(base = event_base_new())) {
         log_error("cannot create the event loop");
-        return 1;
+        goto fail;
     }
     sigint = evsignal_new(base, SIGINT, on_signal, base);
     sigterm = evsignal_new(base, SIGTERM, on_signal, base);
@@ -227,7 +260,7 @@ run(const struct settings *s)
         if (apis.admin)
             admin_api_set_cluster(apis.admin, &directory, peers);
     }
-    if (!s->allow_anonymous)
+    if (!s->allow_anonymous && !auth)
         log_warn("allow-anonymous is false and no authentication backend is configured: "
                  "every client will be refused");
     log_info("relaymq %s node %s ready", RELAYMQ_VERSION, s->node_id);
@@ -247,13 +280,18 @@ fail:
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
-    event_base_free(base);
+    if (base)
+        event_base_free(base);
+    acl_free(acl);
+    auth_free(auth);
     return rc;
 }
 
 int
 main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "passwd") == 0)
+        return passwd_main(argc - 1, argv + 1);
     struct settings s = {0};
     signal(SIGPIPE, SIG_IGN);
     int rc = load_settings(argc, argv, &s);

@@ -56,6 +56,11 @@ const struct config_option settings_options[] = {
         "CONNECT field that names the device: clientid or username"),
     OPT("events-maxlen", CONFIG_INT, "100000", events_maxlen, 1, 1000000000,
         "approximate length the events stream is trimmed to"),
+    OPT("password-file", CONFIG_STRING, NULL, password_file, 0, 0,
+        "Mosquitto-format password file (relaymq passwd); clients with a username are "
+        "checked against it"),
+    OPT("acl-file", CONFIG_STRING, NULL, acl_file, 0, 0,
+        "Mosquitto-format ACL file; topics it does not allow are denied"),
 };
 
 const size_t settings_option_count = sizeof(settings_options) / sizeof(settings_options[0]);

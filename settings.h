@@ -40,6 +40,10 @@ struct settings {
     uint64_t node_ttl_ms;
     char *device_id;
     int64_t events_maxlen;
+
+    /* Authentication and authorisation (broker/auth.c, broker/acl.c) */
+    char *password_file;
+    char *acl_file;
 };
 
 extern const struct config_option settings_options[];

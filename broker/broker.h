@@ -18,6 +18,8 @@
 struct event_base;
 struct broker;
 struct inbox;
+struct auth;
+struct acl;
 
 struct broker_config {
     const char *const *listen; /* "HOST:PORT", "[v6]:PORT" or "tcp://HOST:PORT" */
@@ -31,6 +33,8 @@ struct broker_config {
     uint64_t connect_timeout_ms;  /* time allowed between accept and CONNECT */
     uint64_t sys_interval_ms;     /* $SYS publication period, 0 = off */
     uint64_t backpressure_timeout_ms; /* longest pause of publishers for a full queue; 0 = never pause */
+    const struct auth *auth; /* password file (broker/auth.h), NULL = none */
+    const struct acl *acl;   /* topic ACL (broker/acl.h), NULL = everything allowed */
 };
 
 /* Why a connection ended; decides whether the will is published and is

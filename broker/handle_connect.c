@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/acl.h"
+#include "broker/auth.h"
 #include "broker/broker_internal.h"
 #include "broker/topic.h"
 #include "common/clock.h"
@@ -30,15 +32,51 @@ refuse(struct conn *c, uint8_t code, const char *why)
     return RMQ_INVALID;
 }
 
-/* Authentication. Only anonymous access exists so far: with
- * allow-anonymous false every client is refused, since there is nothing to
- * check a username against (as Mosquitto does without a password file). */
+/* Authentication. Without a password file, allow-anonymous decides for
+ * every client (usernames are not checked, as in Mosquitto). With one, a
+ * client that gives a username must match it (0x04 otherwise: MQTT 3.1.1
+ * "bad user name or password", for unknown users too, so the answer does
+ * not reveal which users exist); a client without a username is anonymous
+ * and needs allow-anonymous (0x05 "not authorized" otherwise). why gets
+ * what went wrong for the log; the password never appears in it. */
 static uint8_t
-authenticate(const struct broker *b, const struct mqtt_connect *cn)
+authenticate(const struct broker *b, const struct mqtt_connect *cn, char *why, size_t whylen)
 {
-    if (b->cfg->allow_anonymous)
+    const struct auth *auth = b->cfg->auth;
+    if (!auth || !cn->has_username) {
+        snprintf(why, whylen, "anonymous access denied");
+        return b->cfg->allow_anonymous ? MQTT_CONNACK_ACCEPTED : MQTT_CONNACK_NOT_AUTHORIZED;
+    }
+    enum auth_result r = auth_check(auth, (const char *)cn->username.data, cn->username.len,
+                                    cn->has_password ? (const char *)cn->password.data : NULL,
+                                    cn->has_password ? cn->password.len : 0);
+    if (r == AUTH_OK)
         return MQTT_CONNACK_ACCEPTED;
-    return MQTT_CONNACK_NOT_AUTHORIZED;
+    int shown = cn->username.len > 64 ? 64 : (int)cn->username.len;
+    const char *what = r == AUTH_UNKNOWN_USER ? "unknown user"
+                       : cn->has_password     ? "wrong password"
+                                              : "no password";
+    snprintf(why, whylen, "user '%.*s': %s", shown, (const char *)cn->username.data, what);
+    return MQTT_CONNACK_BAD_CREDENTIALS;
+}
+
+/* A will is a publish made later on the client's behalf: with an ACL its
+ * topic must be writable now, or the will would bypass the ACL (Mosquitto
+ * 1.x refuses such a CONNECT the same way). */
+static bool
+will_allowed(const struct broker *b, const struct mqtt_connect *cn, const char *id, size_t id_len)
+{
+    if (!b->cfg->acl || !cn->has_will)
+        return true;
+    char *cid = strndup(id, id_len);
+    const char *name = (const char *)cn->username.data;
+    char *user = cn->has_username ? strndup(name, cn->username.len) : NULL;
+    bool ok = cid && (user || !cn->has_username) &&
+              acl_check(b->cfg->acl, cid, user, (const char *)cn->will_topic.data,
+                        cn->will_topic.len, ACL_WRITE);
+    free(cid);
+    free(user);
+    return ok;
 }
 
 static enum rmq_status
@@ -214,9 +252,14 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
                                   (unsigned long long)++b->next_client_id);
         id = idbuf;
     }
-    uint8_t code = authenticate(b, cn);
+    char why[128];
+    uint8_t code = authenticate(b, cn, why, sizeof(why));
     if (code != MQTT_CONNACK_ACCEPTED)
-        return refuse(c, code, cn->has_username ? "not authorised" : "anonymous access denied");
+        return refuse(c, code, why);
+    if (!will_allowed(b, cn, id, id_len)) {
+        b->metrics.acl_denied++;
+        return refuse(c, MQTT_CONNACK_NOT_AUTHORIZED, "will topic denied by the ACL");
+    }
     enum rmq_status st = take_will(c, cn);
     if (st != RMQ_OK)
         return st;

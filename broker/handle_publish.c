@@ -3,7 +3,12 @@
  * Incoming QoS 2 follows the spec's "method B": the message is routed when
  * the PUBLISH first arrives and its packet id is remembered until PUBREL, so
  * a re-sent PUBLISH (DUP) with the same id is acknowledged again but never
- * delivered twice. Loop thread only. */
+ * delivered twice.
+ *
+ * A PUBLISH the ACL denies is acknowledged as usual (MQTT 3.1.1 has no way
+ * to refuse one, and Mosquitto does the same) but not routed or retained.
+ * Loop thread only. */
+#include "broker/acl.h"
 #include "broker/broker_internal.h"
 #include "broker/topic.h"
 #include "common/log.h"
@@ -27,10 +32,19 @@ send_ack(struct conn *c, enum mqtt_type type, uint16_t packet_id)
     return conn_write(c, out, mqtt_encode_ack(out, type, packet_id));
 }
 
-/* Routes with c as the publisher, so a backed-up subscriber can pause it. */
+/* Routes with c as the publisher, so a backed-up subscriber can pause it.
+ * A publish the ACL denies is dropped here, counted and logged. */
 static void
 route_from(struct conn *c, struct route *r)
 {
+    const struct acl *acl = c->broker->cfg->acl;
+    if (acl && !acl_check(acl, c->session->client_id, c->username, r->topic, r->topic_len,
+                          ACL_WRITE)) {
+        log_debug("client %s: PUBLISH to '%.*s' denied by the ACL", c->session->client_id,
+                  (int)r->topic_len, r->topic);
+        c->broker->metrics.acl_denied++;
+        return;
+    }
     c->broker->publisher = c;
     broker_route(c->broker, r);
     c->broker->publisher = NULL;

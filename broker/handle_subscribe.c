@@ -3,6 +3,7 @@
  * Loop thread only. */
 #include <stdlib.h>
 
+#include "broker/acl.h"
 #include "broker/broker_internal.h"
 #include "broker/retain.h"
 #include "broker/topic.h"
@@ -39,6 +40,16 @@ subscribe_one(struct broker *b, struct session *s, const struct mqtt_str *f, uin
     const char *filter = (const char *)f->data;
     if (!topic_filter_valid(filter, f->len)) {
         log_info("client %s: invalid filter '%.*s' refused", s->client_id, (int)f->len, filter);
+        return MQTT_SUBACK_FAILURE;
+    }
+    /* READ is checked here only, not again per delivered message: acl.h's
+     * "covers" relation makes that sufficient. */
+    const char *user = s->conn ? s->conn->username : NULL;
+    if (b->cfg->acl &&
+        !acl_check(b->cfg->acl, s->client_id, user, filter, f->len, ACL_READ)) {
+        log_info("client %s: subscription to '%.*s' denied by the ACL", s->client_id,
+                 (int)f->len, filter);
+        b->metrics.acl_denied++;
         return MQTT_SUBACK_FAILURE;
     }
     bool replaced = false;

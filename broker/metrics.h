@@ -31,7 +31,8 @@
     X(connect_timeouts, "connections closed for not sending CONNECT in time")                \
     X(keepalive_timeouts, "connections closed for silence beyond 1.5 x keepalive")           \
     X(takeovers, "connections closed because the client id connected again")                 \
-    X(socket_errors, "connections closed by a socket error or EOF without DISCONNECT")
+    X(socket_errors, "connections closed by a socket error or EOF without DISCONNECT")      \
+    X(acl_denied, "publishes and subscriptions refused by the ACL")
 
 struct broker_metrics {
 #define BROKER_METRICS_FIELD(name, help) uint64_t name;
