@@ -19,9 +19,9 @@ BUILD_PKGS=(
     libevent-dev libssl-dev libhiredis-dev libmicrohttpd-dev libjansson-dev
 )
 
-# What scripts/run.sh starts besides the node. Empty while run.sh runs one
-# standalone node; the local cluster mode adds redis-server and haproxy here.
-RUN_PKGS=()
+# What scripts/run.sh's local cluster starts besides the nodes (Redis,
+# HAProxy) and uses to wait for them (curl).
+RUN_PKGS=(redis-server haproxy curl)
 
 # Tests: cmocka, clang for the libFuzzer targets and its sanitizer runtimes
 # (ASan/LSan/UBSan), the real peers the integration tests start (Redis,
@@ -31,7 +31,7 @@ RUN_PKGS=()
 TEST_PKGS=(
     libcmocka-dev clang libclang-rt-14-dev
     redis-server haproxy mosquitto mosquitto-clients
-    python3 python3-paho-mqtt
+    python3 python3-paho-mqtt python3-yaml
     openssl curl procps iproute2
 )
 
