@@ -114,7 +114,7 @@ def collect(subs, until, timeout=h.WAIT, quiet=1.5):
 
 
 def event_fields_ok(e, kind):
-    want = {"event", "device", "client_id", "username", "node", "peer", "ts", "_id"}
+    want = {"event", "device", "client_id", "username", "node", "peer", "ts", "channel_id", "_id"}
     if kind == "offline":
         want.add("reason")
     h.check_eq(set(e), want, "fields of the %s event %s" % (kind, e.get("_id")))
@@ -298,10 +298,12 @@ def check_events_for(sysev, node, cid, peer, username, reason, start):
     base = "$SYS/brokers/%s/clients/%s/" % (node.node_id, cid)
     for suffix, kind in (("connected", "online"), ("disconnected", "offline")):
         j = sysev.wait_for(base + suffix)
-        want = {"event", "device", "client_id", "username", "node", "peer", "ts"}
+        want = {"event", "device", "client_id", "username", "node", "peer", "ts", "channel_id"}
         if kind == "offline":
             want.add("reason")
         h.check_eq(set(j), want, "JSON fields on %s" % (base + suffix))
+        h.check(j["channel_id"].startswith(node.node_id + "/"),
+                "channel_id %r names the node's connection" % j["channel_id"])
         h.check_eq((j["event"], j["device"], j["client_id"], j["node"], j["peer"]),
                    (kind, cid, cid, node.node_id, peer), "JSON on %s" % (base + suffix))
         h.check(j["username"] in ((username,) if username else ("", None)),
