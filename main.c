@@ -29,6 +29,7 @@ usage(FILE *out)
 {
     fprintf(out,
             "usage: relaymq [--config FILE] [--OPTION VALUE ...]\n"
+            "       relaymq passwd [-c] [-b] FILE USER [PASSWORD] | passwd -D FILE USER\n"
             "\n"
             "A clustered MQTT 3.1/3.1.1 broker. Every option can also be set in the config\n"
             "file (\"name value\" per line) or as %sNAME in the environment.\n"
