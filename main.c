@@ -258,8 +258,12 @@ run(const struct settings *s)
                      "moves to another node cannot close its old connection here");
         /* The admin API now answers for the whole cluster. */
         cluster_directory(cluster, &directory);
-        if (apis.admin)
+        if (apis.admin) {
             admin_api_set_cluster(apis.admin, &directory, peers);
+            admin_api_add_metrics_source(apis.admin, cluster_write_metrics, cluster);
+            if (peers)
+                admin_api_add_metrics_source(apis.admin, peer_client_write_metrics, peers);
+        }
     }
     if (!s->allow_anonymous && !auth)
         log_warn("allow-anonymous is false and no authentication backend is configured: "

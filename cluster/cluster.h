@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct event_base;
 struct broker;
@@ -53,6 +54,11 @@ void cluster_set_close_remote(struct cluster *cluster, cluster_close_remote_fn f
  * registry (http/admin_api.h): locate a client, list nodes, page through
  * every client. The cluster must outlive the API's use of it. */
 void cluster_directory(struct cluster *cluster, struct admin_directory *out);
+
+/* A /metrics source (metrics_source_fn in http/metrics.h): Redis
+ * commands, errors, mean latency, reconnects and link state; takeovers
+ * across nodes; nodes reaped; events lost while Redis was away. */
+void cluster_write_metrics(FILE *out, void *arg);
 
 /* True while Redis is reachable (readiness). */
 bool cluster_redis_up(const struct cluster *cluster);

@@ -12,6 +12,7 @@
 #include "cluster/cluster_internal.h"
 #include "common/clock.h"
 #include "http/admin_api.h"
+#include "http/metrics.h"
 
 /* Every registered node with its record, or alive = 0 once it lapsed. */
 const char directory_nodes_lua[] =
@@ -240,6 +241,38 @@ dir_list_clients(void *ctx, const char *node, const char *cursor, size_t limit, 
         free(c);
         cb(RMQ_IO, NULL, arg);
     }
+}
+
+void
+cluster_write_metrics(FILE *out, void *arg)
+{
+    const struct cluster *cl = arg;
+    struct redis_link_stats st;
+    redis_link_stats(cl->redis, &st);
+    metrics_family(out, "relaymq_redis_up", "gauge", "1 while the Redis link is up");
+    fprintf(out, "relaymq_redis_up %d\n", redis_link_is_up(cl->redis) ? 1 : 0);
+    metrics_family(out, "relaymq_redis_commands_total", "counter", "commands sent to Redis");
+    fprintf(out, "relaymq_redis_commands_total %llu\n", (unsigned long long)st.commands);
+    metrics_family(out, "relaymq_redis_errors_total", "counter",
+                   "Redis error replies and commands lost with the connection");
+    fprintf(out, "relaymq_redis_errors_total %llu\n", (unsigned long long)st.errors);
+    metrics_family(out, "relaymq_redis_reconnects_total", "counter",
+                   "Redis connection attempts after a loss or failure");
+    fprintf(out, "relaymq_redis_reconnects_total %llu\n", (unsigned long long)st.reconnects);
+    metrics_family(out, "relaymq_redis_latency_seconds_sum", "counter",
+                   "total time Redis took to answer (divide by commands for the mean)");
+    fprintf(out, "relaymq_redis_latency_seconds_sum %.6f\n", (double)st.latency_us_sum / 1e6);
+    metrics_family(out, "relaymq_cluster_takeovers_total", "counter",
+                   "connections taken over from another node");
+    fprintf(out, "relaymq_cluster_takeovers_total %llu\n",
+            (unsigned long long)cl->remote_takeovers);
+    metrics_family(out, "relaymq_cluster_nodes_reaped_total", "counter",
+                   "dead nodes this node cleaned up");
+    fprintf(out, "relaymq_cluster_nodes_reaped_total %llu\n", (unsigned long long)cl->nodes_reaped);
+    metrics_family(out, "relaymq_cluster_events_dropped_total", "counter",
+                   "online/offline events not written because Redis was away");
+    fprintf(out, "relaymq_cluster_events_dropped_total %llu\n",
+            (unsigned long long)cl->events_dropped);
 }
 
 void

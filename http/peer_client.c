@@ -17,6 +17,8 @@
  * Loop thread only. */
 #include "http/peer_client.h"
 
+#include "http/metrics.h"
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
@@ -79,6 +81,7 @@ struct peer_client {
     struct hashmap *peers;
     struct pending *pending;
     bool freeing;
+    uint64_t outcomes[PEER_CANCELLED + 1]; /* requests answered, by enum peer_error */
 };
 
 const char *
@@ -229,6 +232,7 @@ deliver(struct pending *pd, enum peer_error e, int status, json_t *body)
         pd->peer->down_until_ms = clock_monotonic_ms() + pd->pc->cfg.down_ms;
     else if (e == PEER_OK)
         pd->peer->down_until_ms = 0;
+    pd->pc->outcomes[e]++;
     struct peer_result r = {.error = e, .status = status, .body = body};
     pd->cb(&r, pd->arg);
 }
@@ -532,6 +536,17 @@ close_done(const struct peer_result *res, void *arg)
         log_warn("peer: closing connection %" PRIu64 " on node %s: HTTP %d", cc->channel, cc->node,
                  res->status);
     free(cc);
+}
+
+void
+peer_client_write_metrics(FILE *out, void *arg)
+{
+    const struct peer_client *pc = arg;
+    metrics_family(out, "relaymq_forwarded_requests_total", "counter",
+                   "node-to-node requests this node made, by outcome");
+    for (int e = PEER_OK; e <= PEER_CANCELLED; e++)
+        fprintf(out, "relaymq_forwarded_requests_total{outcome=\"%s\"} %llu\n",
+                peer_error_name((enum peer_error)e), (unsigned long long)pc->outcomes[e]);
 }
 
 void

@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/status.h"
 
@@ -82,5 +83,8 @@ void peer_client_close_remote(void *ctx, const char *node, const char *addr, uin
 /* Percent-encodes one path segment (everything but unreserved
  * characters). malloc'd; NULL on failure. */
 char *peer_client_escape(const char *segment);
+
+/* A /metrics source (metrics_source_fn): requests answered, by outcome. */
+void peer_client_write_metrics(FILE *out, void *arg);
 
 #endif

@@ -78,6 +78,31 @@ def call(node, method, path, key=KEY):
         conn.close()
 
 
+def post(node, path, doc, key=KEY):
+    """One admin API POST with a JSON body."""
+    conn = http.client.HTTPConnection(h.HOST, node.http_port, timeout=h.WAIT)
+    try:
+        conn.request("POST", path, body=json.dumps(doc),
+                     headers={"Authorization": "Bearer " + key,
+                              "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return Reply(r.status, dict(r.getheaders()), r.read())
+    finally:
+        conn.close()
+
+
+def metric(node, sample):
+    """The value of one sample line of node's /metrics, e.g.
+    'relaymq_redis_up' or 'relaymq_forwarded_requests_total{outcome="ok"}'."""
+    r = call(node, "GET", "/metrics")
+    h.check_eq(r.status, 200, "GET /metrics on %s" % node.node_id)
+    for line in r.raw.decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    raise AssertionError("no sample %s in /metrics of %s" % (sample, node.node_id))
+
+
 def expect(reply, status, code=None, what=""):
     h.check(reply.status == status, "%s: expected %d, got %r" % (what, status, reply))
     if code is not None:
@@ -429,6 +454,46 @@ def kick_through_another_node_closes_on_the_owner():
                "kick unknown")
     finally:
         ch.stop_quietly(victim, watcher)
+
+
+@case
+def api_publish_on_one_node_reaches_subscribers_on_every_node():
+    topic = h.uid("ap") + "/t"
+    subs = []
+    try:
+        for n in CL.nodes:
+            p = h.Paho(n.port)
+            p.connect()
+            p.subscribe(topic, 1)
+            subs.append(p)
+        expect(post(CL.node("n1"), "/api/v1/publish", {"topic": topic, "payload": "hi",
+                                                       "qos": 1}), 202, what="publish on n1")
+        for p, n in zip(subs, CL.nodes):
+            m = p.get()
+            h.check_eq((m.topic, m.payload), (topic, b"hi"), "delivery on %s" % n.node_id)
+            p.expect_nothing(what="a second copy on %s" % n.node_id)
+    finally:
+        ch.stop_quietly(*subs)
+
+
+@case
+def metrics_show_redis_and_forwarding_figures():
+    n1, n3 = CL.node("n1"), CL.node("n3")
+    h.check_eq(metric(n1, "relaymq_redis_up"), 1.0, "relaymq_redis_up on n1")
+    cmds = metric(n1, "relaymq_redis_commands_total")
+    ok = metric(n3, 'relaymq_forwarded_requests_total{outcome="ok"}')
+    cid = h.uid("mx")
+    c = connect_raw(n1, cid)
+    try:
+        wait_listed([cid], n3)
+        expect(call(n3, "GET", client_path(cid)), 200, what="remote read from n3")
+        h.check(metric(n3, 'relaymq_forwarded_requests_total{outcome="ok"}') > ok,
+                "n3 counted its forwarded request")
+        h.check(metric(n1, "relaymq_redis_commands_total") > cmds,
+                "n1 counted the Redis commands of a claim")
+        h.check(metric(n1, "relaymq_redis_latency_seconds_sum") > 0, "Redis latency summed")
+    finally:
+        ch.stop_quietly(c)
 
 
 # --------------------------------------------------------------------------
