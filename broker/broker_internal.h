@@ -274,8 +274,11 @@ void session_resume(struct broker *b, struct session *s);
  * ids are ignored (as Mosquitto does). */
 void session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t packet_id);
 
-/* Records a subscription in the session's own list (for cleanup) */
-enum rmq_status session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos);
+/* Records a subscription in the session's own list (for cleanup). With
+ * is_new (the tree had no such subscription) the list is not searched, so
+ * many subscriptions cost linear, not quadratic, time. */
+enum rmq_status session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos,
+                                bool is_new);
 bool session_remove_sub(struct session *s, const char *filter, uint16_t len);
 
 /* Incoming QoS 2 bookkeeping: returns true if packet_id was already

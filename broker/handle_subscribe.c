@@ -55,7 +55,7 @@ subscribe_one(struct broker *b, struct session *s, const struct mqtt_str *f, uin
     bool replaced = false;
     if (topic_tree_subscribe(b->subs, filter, f->len, s, qos, &replaced) != RMQ_OK)
         return MQTT_SUBACK_FAILURE;
-    if (session_add_sub(s, filter, f->len, qos) != RMQ_OK) {
+    if (session_add_sub(s, filter, f->len, qos, !replaced) != RMQ_OK) {
         if (!replaced) /* keep an existing subscription that was only updated */
             topic_tree_unsubscribe(b->subs, filter, f->len, s);
         return MQTT_SUBACK_FAILURE;

@@ -381,9 +381,9 @@ session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t p
 }
 
 enum rmq_status
-session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos)
+session_add_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos, bool is_new)
 {
-    for (uint32_t i = 0; i < s->sub_count; i++) {
+    for (uint32_t i = 0; !is_new && i < s->sub_count; i++) {
         if (s->subs[i].len == len && memcmp(s->subs[i].filter, filter, len) == 0) {
             s->subs[i].qos = qos;
             return RMQ_OK;
