@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks RelayMQ against Mosquitto on this machine with relaymq-bench and
-# prints a Markdown table of RelayMQ/Mosquitto ratios for BENCHMARKS.md.
+# Benchmarks RelayMQ against Mosquitto (or RelayMQ with Redis against RelayMQ
+# standalone) on this machine with relaymq-bench and prints a Markdown table
+# of ratios for BENCHMARKS.md.
 #
 #   scripts/bench.sh [options]
 #
@@ -11,13 +12,21 @@
 # Options:
 #   --rounds N        rounds per scenario (default 3)
 #   --scenarios LIST  comma-separated names; a name also selects its variants
-#                     ("pairs" = pairs, pairs-q1, pairs-q1w200, pairs-q2).
+#                     ("pairs" = pairs, pairs-q1, pairs-q1w200, pairs-q2,
+#                     pairs-q2w200).
 #                     Default: all. --list shows them.
 #   --quick           a subset, 2 s measurements, smaller connect/idle runs
 #                     (about 3 minutes in all)
 #   --duration SECS   measured seconds per message run (default 5; quick 2)
-#   --brokers LIST    relaymq,mosquitto (default both; one alone gives
-#                     absolute figures without ratios)
+#   --brokers A[,B]   the brokers to compare; the ratio is A/B. Names:
+#                     relaymq, mosquitto, relaymq-redis (RelayMQ with
+#                     --redis on a fresh redis-server started per run and
+#                     --node-id b1). Default relaymq,mosquitto; one alone
+#                     gives absolute figures without ratios. E.g.
+#                     --brokers relaymq-redis,relaymq --scenarios connect
+#   --check           pass --check to the message scenarios: exit status 3
+#                     on QoS 1/2 loss, QoS 0/2 duplicates or reordering,
+#                     counted in the table as "check failed"
 #   --out DIR         where raw results, broker logs and table.md go
 #                     (default build-release/bench-results/DATE)
 #   --no-build        use the binaries in build-release/ as they are
@@ -27,7 +36,7 @@
 #
 # Environment: BUILD_DIR (default build-release) holds relaymq and
 # relaymq-bench; JOBS (default nproc) for the build; MOSQUITTO (default
-# mosquitto) for the Mosquitto binary.
+# mosquitto) and REDIS_SERVER (default redis-server) for those binaries.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +44,7 @@ BUILD_DIR=${BUILD_DIR:-$ROOT/build-release}
 BENCH="$BUILD_DIR/relaymq-bench"
 RELAYMQ="$BUILD_DIR/relaymq"
 MOSQUITTO=${MOSQUITTO:-mosquitto}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 ROUNDS=3
@@ -42,6 +52,8 @@ QUICK=0
 DURATION=""
 SCENARIO_FILTER=""
 BROKERS="relaymq,mosquitto"
+BROKERS_SET=0
+CHECK=0
 OUT=""
 BUILD=1
 TABLE_ONLY=""
@@ -53,6 +65,7 @@ SCENARIOS=(
     "pairs-q1|pairs --qos 1 --inflight 20|msgs_per_sec:up"
     "pairs-q1w200|pairs --qos 1 --inflight 200|msgs_per_sec:up"
     "pairs-q2|pairs --qos 2 --inflight 20|msgs_per_sec:up"
+    "pairs-q2w200|pairs --qos 2 --inflight 200|msgs_per_sec:up"
     "fanin|fanin --qos 0|msgs_per_sec:up"
     "fanin-q1|fanin --qos 1 --inflight 20|msgs_per_sec:up"
     "fanout|fanout --qos 0|msgs_per_sec:up"
@@ -64,7 +77,7 @@ SCENARIOS=(
 )
 QUICK_SCENARIOS="pairs pairs-q1 fanin fanout latency connect idle"
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,40p' "$0" | sed -n '/^#/!q;p' | sed 's/^# \{0,1\}//'; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
 list_scenarios() {
     local s n a m
@@ -80,7 +93,8 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIO_FILTER=${2:?}; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --duration) DURATION=${2:?}; shift 2 ;;
-    --brokers) BROKERS=${2:?}; shift 2 ;;
+    --brokers) BROKERS=${2:?}; BROKERS_SET=1; shift 2 ;;
+    --check) CHECK=1; shift ;;
     --out) OUT=${2:?}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --list) list_scenarios; exit 0 ;;
@@ -97,7 +111,27 @@ WARMUP=1
 [ "$QUICK" = 1 ] && WARMUP=0.5
 
 want_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
-want_broker relaymq || want_broker mosquitto || die "--brokers must name relaymq and/or mosquitto"
+broker_label() {
+    case "$1" in
+    relaymq) echo RelayMQ ;;
+    relaymq-redis) echo "RelayMQ+Redis" ;;
+    mosquitto) echo Mosquitto ;;
+    *) echo "$1" ;;
+    esac
+}
+# check_brokers: BROKER_A and BROKER_B (may be empty) from $BROKERS.
+check_brokers() {
+    local b extra
+    IFS=, read -r BROKER_A BROKER_B extra <<<"$BROKERS"
+    if [ -z "$BROKER_A" ] || [ -n "$extra" ]; then die "--brokers takes one or two names"; fi
+    [ "$BROKER_A" != "$BROKER_B" ] || die "--brokers names the same broker twice"
+    for b in $BROKER_A $BROKER_B; do
+        case "$b" in
+        relaymq | relaymq-redis | mosquitto) ;;
+        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto)" ;;
+        esac
+    done
+}
 
 # ---- scenario selection and the table ----
 selected() {
@@ -124,7 +158,8 @@ make_table() {
         IFS='|' read -r name args metrics <<<"$s"
         selected "$name" && spec="$spec $name=${metrics// /,}"
     done
-    awk -v spec="$spec" '
+    awk -v spec="$spec" -v A="$BROKER_A" -v B="$BROKER_B" \
+        -v LA="$(broker_label "$BROKER_A")" -v LB="$(broker_label "${BROKER_B:--}")" '
     function median(arr, n,    i, j, t, b) {
         for (i = 1; i <= n; i++) b[i] = arr[i]
         for (i = 2; i <= n; i++) {
@@ -134,7 +169,9 @@ make_table() {
         }
         return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
     }
-    function fmt(v) { return v >= 100 ? sprintf("%.0f", v) : sprintf("%.3g", v) }
+    function fmt(v) {
+        return v >= 100 ? sprintf("%.0f", v) : v >= 10 ? sprintf("%.1f", v) : sprintf("%.2f", v)
+    }
     {
         sc = $1; br = $2; rd = $3; present[sc] = 1
         for (i = 5; i <= NF; i++) { split($i, kv, "="); val[sc, br, rd, kv[1]] = kv[2] }
@@ -142,8 +179,8 @@ make_table() {
         if (rd > maxround) maxround = rd
     }
     END {
-        printf "| scenario | metric | better | RelayMQ median | Mosquitto median "
-        print "| ratio RelayMQ/Mosquitto (min-max) | RelayMQ lost/dup | Mosquitto lost/dup |"
+        printf "| scenario | metric | better | %s median | %s median ", LA, LB
+        printf "| ratio %s/%s (min-max) | %s lost/dup | %s lost/dup |\n", LA, LB, LA, LB
         print "|---|---|---|---:|---:|---:|---:|---:|"
         n = split(spec, items, " ")
         for (k = 1; k <= n; k++) {
@@ -153,22 +190,24 @@ make_table() {
                 split(mets[m], md, ":"); key = md[1]
                 delete R; delete M
                 nr = 0; nmo = 0; rmin = ""; rmax = ""; hlr = 0; hlm = 0
-                lr = 0; dr = 0; lm = 0; dm = 0; fr = 0; fm = 0
+                lr = 0; dr = 0; lm = 0; dm = 0; fr = 0; fm = 0; cr = 0; cm = 0
                 for (rd = 1; rd <= maxround; rd++) {
-                    a = ((sc, "relaymq", rd) in seen) ? val[sc, "relaymq", rd, key] : ""
-                    b = ((sc, "mosquitto", rd) in seen) ? val[sc, "mosquitto", rd, key] : ""
-                    if ((sc, "relaymq", rd) in seen) {
-                        if (val[sc, "relaymq", rd, "status"] != "ok") fr++
-                        if ((sc, "relaymq", rd, "lost") in val) hlr = 1
-                        lr += val[sc, "relaymq", rd, "lost"]; dr += val[sc, "relaymq", rd, "dup"]
+                    a = ((sc, A, rd) in seen) ? val[sc, A, rd, key] : ""
+                    b = ((sc, B, rd) in seen) ? val[sc, B, rd, key] : ""
+                    if ((sc, A, rd) in seen) {
+                        if (val[sc, A, rd, "status"] != "ok") fr++
+                        if (val[sc, A, rd, "bench_rc"] == 3) cr++
+                        if ((sc, A, rd, "lost") in val) hlr = 1
+                        lr += val[sc, A, rd, "lost"]; dr += val[sc, A, rd, "dup"]
                     }
-                    if ((sc, "mosquitto", rd) in seen) {
-                        if (val[sc, "mosquitto", rd, "status"] != "ok") fm++
-                        if ((sc, "mosquitto", rd, "lost") in val) hlm = 1
-                        lm += val[sc, "mosquitto", rd, "lost"]; dm += val[sc, "mosquitto", rd, "dup"]
+                    if ((sc, B, rd) in seen) {
+                        if (val[sc, B, rd, "status"] != "ok") fm++
+                        if (val[sc, B, rd, "bench_rc"] == 3) cm++
+                        if ((sc, B, rd, "lost") in val) hlm = 1
+                        lm += val[sc, B, rd, "lost"]; dm += val[sc, B, rd, "dup"]
                     }
-                    okr = a != "" && a != "NA" && val[sc, "relaymq", rd, "status"] == "ok"
-                    okm = b != "" && b != "NA" && val[sc, "mosquitto", rd, "status"] == "ok"
+                    okr = a != "" && a != "NA" && val[sc, A, rd, "status"] == "ok"
+                    okm = b != "" && b != "NA" && val[sc, B, rd, "status"] == "ok"
                     if (okr) R[++nr] = a + 0
                     if (okm) M[++nmo] = b + 0
                     if (okr && okm && b + 0 > 0) {
@@ -184,6 +223,8 @@ make_table() {
                 if (fr) sr = sr " (" fr " failed)"
                 if (fm) sm = sm " (" fm " failed)"
                 slr = hlr ? lr "/" dr : "-"; slm = hlm ? lm "/" dm : "-"
+                if (cr) slr = slr " (" cr " check failed)"
+                if (cm) slm = slm " (" cm " check failed)"
                 better = md[2] == "up" ? "higher" : "lower"
                 printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", \
                     sc, key, better, sr, sm, ratio, slr, slm
@@ -194,9 +235,14 @@ make_table() {
 
 if [ -n "$TABLE_ONLY" ]; then
     [ -r "$TABLE_ONLY" ] || die "cannot read $TABLE_ONLY"
+    # Round 1 runs the brokers in --brokers order: take it from the file.
+    [ "$BROKERS_SET" = 1 ] ||
+        BROKERS=$(awk '$3 == 1 && !s[$2]++ { printf "%s%s", n++ ? "," : "", $2 }' "$TABLE_ONLY")
+    check_brokers
     make_table "$TABLE_ONLY"
     exit 0
 fi
+check_brokers
 
 # ---- build ----
 if [ "$BUILD" = 1 ]; then
@@ -206,14 +252,19 @@ if [ "$BUILD" = 1 ]; then
         [ -x "$BENCH" ] || die "building relaymq-bench failed; see $BUILD_DIR/bench-build.log"
         echo "bench.sh: building relaymq-bench failed, using the existing binary" >&2
     fi
-    if want_broker relaymq; then
+    if want_broker relaymq || want_broker relaymq-redis; then
         cmake --build "$BUILD_DIR" --target relaymq -j "$JOBS" >/dev/null ||
             die "building relaymq failed; run with --brokers mosquitto for Mosquitto alone"
     fi
 fi
 [ -x "$BENCH" ] || die "$BENCH is missing (drop --no-build)"
-if want_broker relaymq; then [ -x "$RELAYMQ" ] || die "$RELAYMQ is missing"; fi
+if want_broker relaymq || want_broker relaymq-redis; then
+    [ -x "$RELAYMQ" ] || die "$RELAYMQ is missing"
+fi
 if want_broker mosquitto; then command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"; fi
+if want_broker relaymq-redis; then
+    command -v "$REDIS_SERVER" >/dev/null || die "redis-server not found (REDIS_SERVER)"
+fi
 
 # The idle scenario holds thousands of sockets in the bench and the broker.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -227,6 +278,7 @@ RAW="$OUT/results.txt"
 BROKER_PID=""
 BROKER_PORT=""
 BENCH_PID=""
+REDIS_PID=""
 
 stop_bench() {
     if [ -n "$BENCH_PID" ]; then
@@ -244,6 +296,17 @@ stop_broker() {
         wait "$BROKER_PID" 2>/dev/null || true
         BROKER_PID=""
     fi
+    stop_redis
+}
+
+stop_redis() {
+    if [ -n "$REDIS_PID" ]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=""
+    fi
 }
 trap 'stop_bench; stop_broker' EXIT
 trap 'stop_bench; stop_broker; exit 130' INT TERM
@@ -260,14 +323,48 @@ free_port() {
     die "no free port found"
 }
 
+# wait_listen PORT PID: until PORT listens (0) or PID exits or 5 s pass (1).
+wait_listen() {
+    for _ in $(seq 100); do
+        port_in_use "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_redis TAG: a fresh, empty, non-persistent redis-server on a free
+# port, in the foreground of a background job so that it is always stopped
+# with the broker; sets REDIS_PID and REDIS_PORT.
+start_redis() {
+    local tag=$1
+    REDIS_PORT=$(free_port)
+    "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no >"$OUT/$tag.redis.log" 2>&1 &
+    REDIS_PID=$!
+    wait_listen "$REDIS_PORT" "$REDIS_PID" && return 0
+    echo "bench.sh: redis-server did not start on $REDIS_PORT; see $OUT/$tag.redis.log" >&2
+    stop_redis
+    return 1
+}
+
 # start_broker NAME TAG: starts NAME on a fresh port; sets BROKER_PID/PORT.
+# RelayMQ's admin HTTP listener (default 127.0.0.1:8080) goes to a free port
+# too, so that a broker someone else runs on 8080 cannot get in the way.
 start_broker() {
     local name=$1 tag=$2 port log
     port=$(free_port)
     log="$OUT/$tag.log"
     case "$name" in
     relaymq)
-        "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true >"$log" 2>&1 &
+        "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" >"$log" 2>&1 &
+        ;;
+    relaymq-redis)
+        start_redis "$tag" || return 1
+        "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" \
+            --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
     mosquitto)
         printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$OUT/$tag.conf"
@@ -276,12 +373,19 @@ start_broker() {
     esac
     BROKER_PID=$!
     BROKER_PORT=$port
-    for _ in $(seq 100); do
-        port_in_use "$port" && return 0
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "bench.sh: $name did not start listening on $port; see $log" >&2
+    if wait_listen "$port" "$BROKER_PID"; then
+        [ "$name" = relaymq-redis ] || return 0
+        # Clients that connect before the Redis link is up are served
+        # without a claim: wait for the link (the node registers on it).
+        for _ in $(seq 100); do
+            grep -q "redis 127.0.0.1:$REDIS_PORT: connected" "$log" && return 0
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        echo "bench.sh: $name did not connect to Redis; see $log" >&2
+    else
+        echo "bench.sh: $name did not start listening on $port; see $log" >&2
+    fi
     stop_broker
     return 1
 }
@@ -296,7 +400,8 @@ scenario_args() {
     idle*)
         if [ "$QUICK" = 1 ]; then args="$args --clients 5000 --hold 1"
         else args="$args --clients 15000 --hold 3"; fi ;;
-    *) args="$args --duration $DURATION --warmup $WARMUP" ;;
+    *) args="$args --duration $DURATION --warmup $WARMUP"
+        [ "$CHECK" = 1 ] && args="$args --check" ;;
     esac
     echo "$args"
 }
@@ -329,7 +434,7 @@ run_one() {
     [ -n "$line" ] || line="RESULT status=failed"
     line="$line bench_rc=$rc"
     echo "$name $broker $round $line" >>"$RAW"
-    printf '  %-13s round %s %-9s %s\n' "$name" "$round" "$broker" \
+    printf '  %-13s round %s %-13s %s\n' "$name" "$round" "$broker" \
         "$(summary "$line" "$name")" >&2
 }
 
@@ -361,10 +466,10 @@ for s in "${SCENARIOS[@]}"; do
     args=$(scenario_args "$args")
     echo "$name: relaymq-bench $args" >&2
     for round in $(seq "$ROUNDS"); do
-        order="relaymq mosquitto"
-        [ $((round % 2)) = 1 ] || order="mosquitto relaymq"
+        order="$BROKER_A $BROKER_B"
+        [ $((round % 2)) = 1 ] || order="$BROKER_B $BROKER_A"
         for broker in $order; do
-            want_broker "$broker" && run_one "$name" "$args" "$broker" "$round"
+            run_one "$name" "$args" "$broker" "$round"
         done
         sleep 0.5
     done
