@@ -45,6 +45,11 @@ close_reason_name(enum close_reason reason)
     return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "unknown";
 }
 
+/* The largest CONNECT MQTT 3.1.1 allows: fixed header, variable header and
+ * five length-prefixed fields (client id, will topic, will payload,
+ * username, password) of at most 65535 bytes each. */
+#define CONNECT_MAX_SIZE (5u + 10u + 5u * (2u + 65535u))
+
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static void conn_on_timer(struct timer_entry *entry, uint64_t now_ms);
 
@@ -450,11 +455,24 @@ keep_input(struct conn *c, const uint8_t *buf, size_t len)
 static bool
 process(struct conn *c, const uint8_t *buf, size_t len)
 {
-    uint32_t max = c->broker->cfg->max_packet_size;
     size_t off = 0;
     while (off < len) {
         struct mqtt_packet p;
         size_t used = 0;
+        uint32_t max = c->broker->cfg->max_packet_size;
+        if (c->state == CONN_AWAIT_CONNECT) {
+            /* Before CONNECT nothing else may come, and nothing larger than
+             * the largest CONNECT: refuse early, allocate nothing big. */
+            if (buf[off] >> 4 != MQTT_CONNECT) {
+                log_info("%s: first packet is type %u, not CONNECT", c->peer,
+                         (unsigned)(buf[off] >> 4));
+                c->broker->metrics.protocol_errors++;
+                conn_close(c, CLOSE_PROTOCOL_ERROR);
+                return false;
+            }
+            if (max > CONNECT_MAX_SIZE)
+                max = CONNECT_MAX_SIZE;
+        }
         enum rmq_status st = mqtt_decode(buf + off, len - off, max, &p, &used);
         if (st == RMQ_AGAIN) {
             size_t tail = len - off;

@@ -56,6 +56,22 @@ def remaining_length_of_five_bytes_closes(b):
 
 
 @T.case
+def non_connect_first_byte_closes_at_once(b):
+    # Only the first byte of a PUBLISH: refused before any length arrives,
+    # well within the 10 s connect timeout, and no buffer is sized for it.
+    m = b.metrics()
+    before = m.fresh("protocol_errors")
+    c = h.RawClient(b.port)
+    c.send(b"\x30")
+    h.check_eq(c.wait_closed(timeout=3), [], "packets before the close")
+    c = h.RawClient(b.port)
+    c.send(b"\x30\xff\xff\xff\x7f")  # a 256 MiB PUBLISH header and nothing else
+    h.check_eq(c.wait_closed(timeout=3), [], "packets before the close")
+    m.expect_increase("protocol_errors", before, by=2)
+    serves_normally(b)
+
+
+@T.case
 def reserved_fixed_header_flags_close(b):
     # [MQTT-2.2.2-2] invalid flags: the receiver MUST close the connection.
     each_closes(b, {
