@@ -13,6 +13,7 @@
 #include "broker/auth.h"
 #include "broker/broker.h"
 #include "cluster/cluster.h"
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "http/admin_api.h"
@@ -63,6 +64,7 @@ broker_config_from(const struct settings *s, struct broker_config *cfg)
         .connect_timeout_ms = s->connect_timeout_ms,
         .sys_interval_ms = s->sys_interval_ms,
         .backpressure_timeout_ms = s->backpressure_timeout_ms,
+        .epoch = clock_wall_ms(),
     };
 }
 
@@ -187,7 +189,7 @@ security_load(const struct settings *s, struct auth **auth, struct acl **acl)
 }
 
 static void
-cluster_config_from(const struct settings *s, struct cluster_config *cfg)
+cluster_config_from(const struct settings *s, uint64_t epoch, struct cluster_config *cfg)
 {
     *cfg = (struct cluster_config){
         .redis_url = s->redis,
@@ -197,6 +199,7 @@ cluster_config_from(const struct settings *s, struct cluster_config *cfg)
         .node_ttl_ms = s->node_ttl_ms,
         .device_by_username = strcmp(s->device_id, "username") == 0,
         .events_maxlen = s->events_maxlen,
+        .epoch = epoch,
     };
 }
 
@@ -240,7 +243,7 @@ run(const struct settings *s)
     if (!broker || !http_start(s, broker, &apis))
         goto fail;
     if (s->redis) {
-        cluster_config_from(s, &ccfg);
+        cluster_config_from(s, cfg.epoch, &ccfg);
         cluster = cluster_new(base, broker, &ccfg);
         if (!cluster)
             goto fail;

@@ -435,6 +435,12 @@ broker_connected_count(const struct broker *b)
     return b->connected_count;
 }
 
+uint64_t
+broker_epoch(const struct broker *b)
+{
+    return b->cfg->epoch;
+}
+
 struct inbox *
 broker_inbox(struct broker *b)
 {

@@ -33,6 +33,7 @@ struct broker_config {
     uint64_t connect_timeout_ms;  /* time allowed between accept and CONNECT */
     uint64_t sys_interval_ms;     /* $SYS publication period, 0 = off */
     uint64_t backpressure_timeout_ms; /* longest pause of publishers for a full queue; 0 = never pause */
+    uint64_t epoch; /* this run of the node (wall ms at start): channel ids are unique within it */
     const struct auth *auth; /* password file (broker/auth.h), NULL = none */
     const struct acl *acl;   /* topic ACL (broker/acl.h), NULL = everything allowed */
 };
@@ -110,6 +111,9 @@ void broker_claim_done(struct broker_claim *token, bool ok);
 /* Closes the connection with this channel id, if it is still here.
  * Returns false if no such connection. */
 bool broker_close_channel(struct broker *broker, uint64_t channel, enum close_reason reason);
+
+/* The epoch of this run (see struct broker_config). */
+uint64_t broker_epoch(const struct broker *broker);
 
 /* Publishes a message from the broker itself (events, $SYS): routed to
  * local subscribers as if a client had published it. */

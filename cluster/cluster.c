@@ -237,7 +237,8 @@ cluster_new(struct event_base *base, struct broker *broker, const struct cluster
         return NULL;
     cl->cfg = cfg;
     cl->broker = broker;
-    cl->epoch = cl->started_ms = clock_wall_ms();
+    cl->epoch = cfg->epoch ? cfg->epoch : clock_wall_ms();
+    cl->started_ms = cl->epoch;
     make_keys(cl);
     cl->link_events = (struct redis_link_events){.up = on_redis_up, .down = on_redis_down,
                                                  .ctx = cl};

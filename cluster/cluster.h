@@ -32,13 +32,14 @@ struct cluster_config {
     uint64_t node_ttl_ms;
     bool device_by_username; /* device id = username instead of client id */
     int64_t events_maxlen;
+    uint64_t epoch; /* this run of the node, as the broker has it */
 };
 
 /* Asks the node at `addr` to close one of its connections. Installed by
  * main once the internal API client exists; without it a takeover across
  * nodes only updates the registry. */
 typedef void (*cluster_close_remote_fn)(void *ctx, const char *node, const char *addr,
-                                        uint64_t channel, const char *reason);
+                                        uint64_t epoch, uint64_t channel, const char *reason);
 
 /* Connects to Redis and hooks into the broker. Borrows everything.
  * NULL on failure (logged). */

@@ -157,12 +157,16 @@ on_claim_reply(struct redisReply *reply, void *arg)
         const char *prev_addr = reply->element[1]->str;
         unsigned long long prev_channel = strtoull(reply->element[2]->str, NULL, 10);
         if (prev_node && strcmp(prev_node, cl->cfg->node_id) != 0) {
-            /* Connected elsewhere: that node must close its connection. */
+            /* Connected elsewhere: that node must close its connection, but
+             * only in the run that made it ("{node}/{epoch}/{channel}"). */
+            const char *cid = reply->element[3]->str ? reply->element[3]->str : "";
+            const char *slash = strchr(cid, '/');
+            uint64_t prev_epoch = slash ? strtoull(slash + 1, NULL, 10) : 0;
             log_info("device %s: taking over from node %s", x->device, prev_node);
             cl->remote_takeovers++;
             if (cl->close_remote && !cl->closing)
-                cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_channel,
-                                 "takeover");
+                cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_epoch,
+                                 prev_channel, "takeover");
         }
     }
     if (!ok && reply)

@@ -38,6 +38,7 @@ struct internal_job {
     struct http_job base;
     struct internal_api *api;
     uint64_t channel;
+    uint64_t epoch; /* close: the run the channel belongs to, 0 = any */
     enum close_reason reason;
     char *client_id;
     struct http_message msg;
@@ -126,7 +127,9 @@ run_close(struct http_job *base)
 {
     struct internal_job *job = (struct internal_job *)base;
     uint64_t channel = job->channel;
-    if (!broker_close_channel(job->api->broker, channel, job->reason)) {
+    /* A channel number of another run of this node names someone else. */
+    bool stale = job->epoch && job->epoch != broker_epoch(job->api->broker);
+    if (stale || !broker_close_channel(job->api->broker, channel, job->reason)) {
         http_job_reply_error(base, 404, "channel_not_found", "no connection %" PRIu64, channel);
         return;
     }
@@ -233,6 +236,13 @@ handle_close(struct http_request *req, void *ctx)
     if (!doc)
         return;
     const char *reason = json_string_value(json_object_get(doc, "reason"));
+    json_t *epoch = json_object_get(doc, "epoch");
+    if (epoch && (!json_is_integer(epoch) || json_integer_value(epoch) < 0)) {
+        json_decref(doc);
+        http_reply_error(req, 400, "bad_field", "\"epoch\" must be a non-negative integer");
+        return;
+    }
+    uint64_t epoch_value = epoch ? (uint64_t)json_integer_value(epoch) : 0;
     enum close_reason why = CLOSE_KICKED;
     bool ok = true;
     if (reason && strcmp(reason, "takeover") == 0)
@@ -250,6 +260,7 @@ handle_close(struct http_request *req, void *ctx)
         return;
     }
     job->channel = channel;
+    job->epoch = epoch_value;
     job->reason = why;
     post(job, req, run_close);
 }

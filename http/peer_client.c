@@ -550,13 +550,13 @@ peer_client_write_metrics(FILE *out, void *arg)
 }
 
 void
-peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t channel,
-                         const char *reason)
+peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t epoch,
+                         uint64_t channel, const char *reason)
 {
     struct peer_client *pc = ctx;
     char path[96];
     snprintf(path, sizeof(path), "/internal/v1/channels/%" PRIu64 "/close", channel);
-    json_t *body = json_pack("{s:s}", "reason", reason);
+    json_t *body = json_pack("{s:s,s:I}", "reason", reason, "epoch", (json_int_t)epoch);
     struct close_call *cc = calloc(1, sizeof(*cc));
     if (cc) {
         snprintf(cc->node, sizeof(cc->node), "%s", node ? node : "?");

@@ -77,7 +77,8 @@ enum rmq_status peer_client_request(struct peer_client *pc, const char *address,
  * connection already gone, is not one). ctx is the peer client. Its
  * signature is cluster_close_remote_fn's, so main can install it with
  * cluster_set_close_remote(cluster, peer_client_close_remote, pc). */
-void peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t channel,
+void peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t epoch,
+                              uint64_t channel,
                               const char *reason);
 
 /* Percent-encodes one path segment (everything but unreserved
