@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -273,3 +274,59 @@ def stop_quietly(*things):
                 t.stop()
         except Exception:  # noqa: BLE001 - clean-up must not hide the case's error
             pass
+
+
+# --------------------------------------------------------------------------
+# Running a cluster test file
+
+
+def _run_case(cluster, name, fn):
+    """Runs one case; a case may return a short note for its PASS line."""
+    t0 = time.monotonic()
+    try:
+        note = fn()
+    except Exception as e:  # noqa: BLE001 - any error fails the case, and is shown
+        sys.stderr.write("---- %s\n%s" % (name, traceback.format_exc()))
+        for n in cluster.nodes:
+            n.show_log("node %s log at the failure of %s" % (n.node_id, name), n=15)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return False, "%s: %s" % (type(e).__name__, msg)
+    return True, "%.1fs%s" % (time.monotonic() - t0, "; " + note if note else "")
+
+
+def run_suite(cases, final, bind, nodes=3, **cluster_options):
+    """Runs a cluster test file: a real redis-server and `nodes` nodes, then
+    every case in order, then `final` (name, fn), which stops the nodes and
+    checks how they went. bind(redis, events, cluster) hands the fixtures to
+    the file's cases before the cluster starts. Prints one line per case
+    and "N passed, N failed"; returns the exit status."""
+    if not h.RELAYMQ:
+        print("cluster tests are RelayMQ-only: 0 passed, 0 failed")
+        return 0
+    print("broker under test: %s" % h.relaymq_bin(), flush=True)
+    redis = RedisServer().start()
+    cluster = Cluster(redis, nodes, **cluster_options)
+    bind(redis, Events(redis), cluster)
+    try:
+        cluster.start()
+    except AssertionError as e:
+        print("FAIL start cluster: %s" % str(e).splitlines()[0], flush=True)
+        for n in cluster.nodes:
+            n.kill()
+        redis.stop()
+        print("0 passed, 1 failed", flush=True)
+        return 1
+    passed = failed = 0
+    for name, fn in [(fn.__name__, fn) for fn in cases] + [final]:
+        ok, info = _run_case(cluster, name, fn)
+        print("%s %s%s" % ("PASS" if ok else "FAIL", name,
+                           ("  (%s)" % info) if ok else ": " + info), flush=True)
+        passed += ok
+        failed += not ok
+    for n in cluster.nodes:
+        n.kill()
+        if failed == 0:
+            n.remove_files()
+    redis.stop()
+    print("%d passed, %d failed" % (passed, failed), flush=True)
+    return 0 if failed == 0 else 1

@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -778,55 +777,13 @@ def stop_all():
     h.check_eq(leftovers, [], "Redis keys left after every node stopped cleanly")
 
 
-def run_one(name, fn):
-    t0 = time.monotonic()
-    try:
-        note = fn()
-    except Exception as e:  # noqa: BLE001 - any error fails the case, and is shown
-        sys.stderr.write("---- %s\n%s" % (name, traceback.format_exc()))
-        for n in CL.nodes:
-            n.show_log("node %s log at the failure of %s" % (n.node_id, name), n=15)
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return False, "%s: %s" % (type(e).__name__, msg)
-    return True, "%.1fs%s" % (time.monotonic() - t0, "; " + note if note else "")
+def bind(redis, events, cluster):
+    global REDIS, EV, CL
+    REDIS, EV, CL = redis, events, cluster
 
 
 def main():
-    global REDIS, CL, EV
-    if not h.RELAYMQ:
-        print("cluster tests are RelayMQ-only: 0 passed, 0 failed")
-        return 0
-    print("broker under test: %s" % h.relaymq_bin(), flush=True)
-    REDIS = ch.RedisServer().start()
-    EV = ch.Events(REDIS)
-    CL = ch.Cluster(REDIS, 3)
-    passed = failed = 0
-    try:
-        CL.start()
-    except AssertionError as e:
-        print("FAIL start cluster: %s" % str(e).splitlines()[0], flush=True)
-        for n in CL.nodes:
-            n.kill()
-        REDIS.stop()
-        print("0 passed, 1 failed", flush=True)
-        return 1
-    all_cases = [(fn.__name__, fn) for fn in cases]
-    all_cases.append(("every_node_exits_0_on_sigterm_and_leaves_nothing", stop_all))
-    for name, fn in all_cases:
-        ok, info = run_one(name, fn)
-        print("%s %s%s" % ("PASS" if ok else "FAIL", name,
-                           ("  (%s)" % info) if ok else ": " + info), flush=True)
-        if ok:
-            passed += 1
-        else:
-            failed += 1
-    for n in CL.nodes:
-        n.kill()
-        if failed == 0:
-            n.remove_files()
-    REDIS.stop()
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 0 if failed == 0 else 1
+    return ch.run_suite(cases, ("every_node_exits_0_on_sigterm_and_leaves_nothing", stop_all), bind)
 
 
 if __name__ == "__main__":
