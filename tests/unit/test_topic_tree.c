@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "topic_reference.h"
+
 #include "broker/topic_tree.h"
 
 /* ---- helpers ---- */
@@ -27,62 +29,6 @@ sub_index(const void *subscriber)
     return (size_t)(((uintptr_t)subscriber - 0x1000u) / 16u);
 }
 
-static uint64_t
-rng_next(uint64_t *state)
-{
-    uint64_t x = *state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *state = x;
-    return x;
-}
-
-static size_t
-rng_below(uint64_t *state, size_t n)
-{
-    return (size_t)(rng_next(state) % n);
-}
-
-/* Splits s into at most max levels (views into s); returns the count. */
-static size_t
-split_levels(const char *s, const char **start, size_t *len, size_t max)
-{
-    size_t n = 0;
-    for (const char *p = s;; p++) {
-        const char *slash = strchr(p, '/');
-        size_t l = slash ? (size_t)(slash - p) : strlen(p);
-        if (n == max)
-            return n + 1;
-        start[n] = p;
-        len[n++] = l;
-        if (!slash)
-            return n;
-        p = slash;
-    }
-}
-
-/* Reference matcher, straight from MQTT 3.1.1 section 4.7. */
-static bool
-ref_match(const char *filter, const char *name)
-{
-    const char *fs[64], *ns[64];
-    size_t fl[64], nl[64];
-    if ((filter[0] == '+' || filter[0] == '#') && name[0] == '$')
-        return false;
-    size_t nf = split_levels(filter, fs, fl, 64), nn = split_levels(name, ns, nl, 64);
-    for (size_t i = 0; i < nf; i++) {
-        if (fl[i] == 1 && fs[i][0] == '#')
-            return true;
-        if (i >= nn)
-            return false;
-        if (fl[i] == 1 && fs[i][0] == '+')
-            continue;
-        if (fl[i] != nl[i] || memcmp(fs[i], ns[i], fl[i]) != 0)
-            return false;
-    }
-    return nf == nn;
-}
 
 struct hits {
     size_t n;
