@@ -371,6 +371,15 @@ broker_free(struct broker *b)
     free(b);
 }
 
+enum rmq_status
+broker_add_observer(struct broker *b, const struct broker_observer *obs)
+{
+    if (b->observer_count == BROKER_MAX_OBSERVERS)
+        return RMQ_LIMIT;
+    b->observers[b->observer_count++] = obs;
+    return RMQ_OK;
+}
+
 void
 broker_set_hooks(struct broker *b, const struct broker_hooks *hooks)
 {

@@ -86,6 +86,45 @@ struct broker_hooks {
     void (*released)(void *ctx, const struct broker_client_info *info, enum close_reason reason);
 };
 
+/* A message a client published, as observers see it: after the ACL let it
+ * through, once per PUBLISH packet (a QoS 1 re-send with DUP is seen again,
+ * a QoS 2 re-send before PUBREL is not). Borrowed for the call. */
+struct broker_publish_info {
+    const char *client_id;
+    const char *username; /* NULL without one */
+    uint64_t channel;
+    const char *topic; /* not NUL-terminated */
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint8_t qos;
+    bool retain;
+    bool dup;
+};
+
+/* Read-only listeners on a broker loop (commands, stream bridges); every
+ * callback is optional and runs on the loop thread. They must not close
+ * connections from inside a callback.
+ * connected: CONNACK 0 was just sent (the session is ready for deliveries).
+ * disconnected: a connected client's connection ended, with why.
+ * published: a client's PUBLISH (see struct broker_publish_info).
+ * acked: a delivery made with a tag (broker_api_deliver) was acknowledged by
+ *   the client (PUBACK for QoS 1, PUBREC for QoS 2). */
+struct broker_observer {
+    void *ctx;
+    void (*connected)(void *ctx, const struct broker_client_info *info);
+    void (*disconnected)(void *ctx, const struct broker_client_info *info,
+                         enum close_reason reason);
+    void (*published)(void *ctx, const struct broker_publish_info *msg);
+    void (*acked)(void *ctx, uint64_t channel, uint64_t tag);
+};
+
+#define BROKER_MAX_OBSERVERS 4
+
+/* Adds an observer (borrowed; it must outlive the broker). RMQ_LIMIT beyond
+ * BROKER_MAX_OBSERVERS. Start-up only. */
+enum rmq_status broker_add_observer(struct broker *broker, const struct broker_observer *obs);
+
 /* Creates a broker on base and binds every listener. Borrows cfg and base,
  * which must outlive the broker. NULL on failure (logged). */
 struct broker *broker_new(struct event_base *base, const struct broker_config *cfg);

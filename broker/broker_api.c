@@ -218,7 +218,8 @@ broker_api_publish(struct broker *b, const char *topic, size_t topic_len, const 
 
 enum rmq_status
 broker_api_deliver(struct broker *b, uint64_t channel, const char *topic, size_t topic_len,
-                   const void *payload, size_t payload_len, uint8_t qos, bool retain)
+                   const void *payload, size_t payload_len, uint8_t qos, bool retain,
+                   uint64_t tag)
 {
     if (!message_valid(topic, topic_len, payload_len, qos))
         return RMQ_INVALID;
@@ -226,6 +227,14 @@ broker_api_deliver(struct broker *b, uint64_t channel, const char *topic, size_t
     if (!c || !c->session)
         return RMQ_NOT_FOUND;
     broker_refresh_clock(b);
+    struct message *msg = NULL;
+    if (tag && qos > 0) {
+        msg = message_new(topic, (uint16_t)topic_len, payload, (uint32_t)payload_len, qos, retain,
+                          broker_now(b));
+        if (!msg)
+            return RMQ_NOMEM;
+        msg->tag = tag;
+    }
     struct route r = {
         .topic = topic,
         .topic_len = (uint16_t)topic_len,
@@ -233,6 +242,7 @@ broker_api_deliver(struct broker *b, uint64_t channel, const char *topic, size_t
         .payload_len = (uint32_t)payload_len,
         .qos = qos,
         .retain = retain,
+        .msg = msg,
     };
     session_deliver(b, c->session, &r, qos, retain);
     message_unref(r.msg); /* made lazily by the session if it had to keep the message */

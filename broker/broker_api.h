@@ -57,12 +57,14 @@ enum rmq_status broker_api_publish(struct broker *b, const char *topic, size_t t
                                    bool retain);
 
 /* Delivers a message to the session of one connection only, at qos (not
- * capped by any subscription), with the RETAIN flag as given.
+ * capped by any subscription), with the RETAIN flag as given. A non-zero
+ * tag (QoS 1 and 2) makes the broker tell its observers when the client
+ * acknowledges this message (struct broker_observer, acked).
  * RMQ_NOT_FOUND if the channel is gone or has no session yet, RMQ_INVALID
  * for a bad topic or qos. */
 enum rmq_status broker_api_deliver(struct broker *b, uint64_t channel, const char *topic,
                                    size_t topic_len, const void *payload, size_t payload_len,
-                                   uint8_t qos, bool retain);
+                                   uint8_t qos, bool retain, uint64_t tag);
 
 void broker_api_gauges(struct broker *b, struct broker_gauges *out);
 

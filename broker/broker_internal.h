@@ -169,6 +169,8 @@ struct broker {
     size_t listener_count;
     struct inbox *inbox; /* work posted by other threads (HTTP handlers) */
     const struct broker_hooks *hooks; /* NULL: standalone */
+    const struct broker_observer *observers[BROKER_MAX_OBSERVERS];
+    size_t observer_count;
 
     struct conn *conns; /* every connection */
     struct conn *dirty; /* connections with output to flush */

@@ -289,10 +289,16 @@ release_claim(struct broker *b, struct conn *c, enum close_reason reason)
     if (c->claim) {
         c->claim->conn = NULL;
         c->claim = NULL;
-    } else if (c->state == CONN_ACTIVE && b->hooks && b->hooks->released) {
+    } else if (c->state == CONN_ACTIVE) {
         struct broker_client_info info;
         conn_client_info(c, &info);
-        b->hooks->released(b->hooks->ctx, &info, reason);
+        if (b->hooks && b->hooks->released)
+            b->hooks->released(b->hooks->ctx, &info, reason);
+        for (size_t i = 0; i < b->observer_count; i++) {
+            const struct broker_observer *o = b->observers[i];
+            if (o->disconnected)
+                o->disconnected(o->ctx, &info, reason);
+        }
     }
 }
 

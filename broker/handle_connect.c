@@ -157,6 +157,15 @@ finish_connect(struct conn *c, const char *id, size_t id_len, bool clean, uint16
              c->peer, c->protocol_level == MQTT_PROTO_V31 ? "3.1" : "3.1.1", clean,
              (unsigned)keepalive);
     session_resume(b, s);
+    if (b->observer_count > 0) {
+        struct broker_client_info info;
+        conn_client_info(c, &info);
+        for (size_t i = 0; i < b->observer_count; i++) {
+            const struct broker_observer *o = b->observers[i];
+            if (o->connected)
+                o->connected(o->ctx, &info);
+        }
+    }
     return RMQ_OK;
 }
 

@@ -32,10 +32,34 @@ send_ack(struct conn *c, enum mqtt_type type, uint16_t packet_id)
     return conn_write(c, out, mqtt_encode_ack(out, type, packet_id));
 }
 
-/* Routes with c as the publisher, so a backed-up subscriber can pause it.
- * A publish the ACL denies is dropped here, counted and logged. */
 static void
-route_from(struct conn *c, struct route *r)
+notify_observers(struct conn *c, const struct route *r, bool dup)
+{
+    struct broker *b = c->broker;
+    struct broker_publish_info info = {
+        .client_id = c->session->client_id,
+        .username = c->username,
+        .channel = c->channel,
+        .topic = r->topic,
+        .topic_len = r->topic_len,
+        .payload = r->payload,
+        .payload_len = r->payload_len,
+        .qos = r->qos,
+        .retain = r->retain,
+        .dup = dup,
+    };
+    for (size_t i = 0; i < b->observer_count; i++) {
+        const struct broker_observer *o = b->observers[i];
+        if (o->published)
+            o->published(o->ctx, &info);
+    }
+}
+
+/* Routes with c as the publisher, so a backed-up subscriber can pause it,
+ * then shows the message to the observers. A publish the ACL denies is
+ * dropped here, counted and logged. */
+static void
+route_from(struct conn *c, struct route *r, bool dup)
 {
     const struct acl *acl = c->broker->cfg->acl;
     if (acl && !acl_check(acl, c->session->client_id, c->username, r->topic, r->topic_len,
@@ -48,6 +72,8 @@ route_from(struct conn *c, struct route *r)
     c->broker->publisher = c;
     broker_route(c->broker, r);
     c->broker->publisher = NULL;
+    if (c->broker->observer_count > 0 && c->session)
+        notify_observers(c, r, dup);
 }
 
 enum rmq_status
@@ -71,10 +97,10 @@ handle_publish(struct conn *c, const struct mqtt_packet *p)
     };
     switch (pub->qos) {
     case 0:
-        route_from(c, &r);
+        route_from(c, &r, pub->dup);
         return RMQ_OK;
     case 1:
-        route_from(c, &r);
+        route_from(c, &r, pub->dup);
         return send_ack(c, MQTT_PUBACK, pub->packet_id);
     default: {
         bool nomem;
@@ -83,7 +109,7 @@ handle_publish(struct conn *c, const struct mqtt_packet *p)
         else if (nomem)
             return RMQ_NOMEM;
         else
-            route_from(c, &r);
+            route_from(c, &r, pub->dup);
         return send_ack(c, MQTT_PUBREC, pub->packet_id);
     }
     }

@@ -17,6 +17,7 @@ message_new(const char *topic, uint16_t topic_len, const uint8_t *payload, uint3
     msg->topic_len = topic_len;
     msg->payload_len = payload_len;
     msg->created_ms = now_ms;
+    msg->tag = 0;
     memcpy(msg->topic, topic, topic_len);
     msg->topic[topic_len] = '\0';
     uint8_t *p = (uint8_t *)msg->topic + topic_len + 1;

@@ -19,6 +19,7 @@ struct message {
     uint16_t topic_len;
     uint32_t payload_len;
     uint64_t created_ms; /* monotonic, when the broker accepted it */
+    uint64_t tag;        /* non-zero: observers hear when the receiver acknowledges it */
     const uint8_t *payload; /* points into data[], after the topic */
     char topic[];        /* NUL-terminated, followed by the payload */
 };

@@ -356,6 +356,14 @@ session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t p
     struct inflight *f = i >= 0 ? &s->inflight[i] : NULL;
     uint8_t ack[4];
 
+    if (f && f->msg && f->msg->tag && s->conn &&
+        ((type == MQTT_PUBACK && f->qos == 1) || (type == MQTT_PUBREC && f->qos == 2))) {
+        for (size_t k = 0; k < b->observer_count; k++) {
+            const struct broker_observer *o = b->observers[k];
+            if (o->acked)
+                o->acked(o->ctx, s->conn->channel, f->msg->tag);
+        }
+    }
     switch (type) {
     case MQTT_PUBACK:
         if (f && f->qos == 1)

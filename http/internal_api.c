@@ -144,7 +144,7 @@ run_deliver(struct http_job *base)
     struct internal_job *job = (struct internal_job *)base;
     const struct http_message *m = &job->msg;
     enum rmq_status st = broker_api_deliver(job->api->broker, job->channel, m->topic, m->topic_len,
-                                            m->payload, m->payload_len, m->qos, m->retain);
+                                            m->payload, m->payload_len, m->qos, m->retain, 0);
     if (st == RMQ_NOT_FOUND) {
         http_job_reply_error(base, 404, "channel_not_found", "no connected client on %" PRIu64,
                              job->channel);
