@@ -41,6 +41,16 @@ struct settings {
     char *device_id;
     int64_t events_maxlen;
 
+    /* Device commands (cluster/commands.c) */
+    uint64_t command_retry_interval_ms;
+    int64_t command_max_retries;
+    uint64_t command_ttl_ms;
+    char *command_topic;
+    char *command_reply_topic;
+    char *command_id_field;
+    uint64_t command_retention_ms;
+    int64_t command_history;
+
     /* Authentication and authorisation (broker/auth.c, broker/acl.c) */
     char *password_file;
     char *acl_file;
