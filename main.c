@@ -13,10 +13,12 @@
 #include "broker/auth.h"
 #include "broker/broker.h"
 #include "cluster/cluster.h"
+#include "cluster/commands.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "http/admin_api.h"
+#include "http/command_api.h"
 #include "http/internal_api.h"
 #include "http/peer_client.h"
 #include "settings.h"
@@ -81,13 +83,16 @@ struct http_apis {
  * service does not depend on it, and /readyz then fails the load balancer's
  * check). Returns false on a fatal failure. */
 static bool
-http_start(const struct settings *s, struct broker *broker, struct http_apis *h)
+http_start(const struct settings *s, struct broker *broker, struct command_api *commands,
+           struct http_apis *h)
 {
     if (s->internal && *s->internal) {
         struct internal_api_config ic = {
             .address = s->internal, .max_body = s->http_max_body,
             .timeout_ms = s->http_timeout_ms, .secret = s->cluster_secret,
             .max_skew_ms = s->internal_max_skew_ms, .broker = broker};
+        if (commands)
+            ic.extra_routes = command_api_internal_routes(commands, &ic.extra_route_count);
         h->internal = internal_api_new(&ic);
         if (!h->internal)
             return false;
@@ -97,7 +102,8 @@ http_start(const struct settings *s, struct broker *broker, struct http_apis *h)
             .address = s->http, .max_body = s->http_max_body, .timeout_ms = s->http_timeout_ms,
             .api_keys = (const char *const *)s->api_key.items, .api_key_count = s->api_key.count,
             .api_key_file = s->api_key_file, .broker = broker, .node_id = s->node_id,
-            .advertise = s->advertise ? s->advertise : s->internal, .internal = h->internal};
+            .advertise = s->advertise ? s->advertise : s->internal, .internal = h->internal,
+            .commands = commands};
         h->admin = admin_api_new(&ac);
         if (!h->admin)
             log_error("admin API on %s not started; running without it", s->http);
@@ -203,11 +209,35 @@ cluster_config_from(const struct settings *s, uint64_t epoch, struct cluster_con
     };
 }
 
+static void
+commands_config_from(const struct settings *s, uint64_t epoch, struct commands_config *cfg)
+{
+    *cfg = (struct commands_config){
+        .node_id = s->node_id,
+        .epoch = epoch,
+        .device_by_username = strcmp(s->device_id, "username") == 0,
+        .retry_interval_ms = s->command_retry_interval_ms,
+        .max_retries = (uint32_t)s->command_max_retries,
+        .ttl_ms = s->command_ttl_ms,
+        .topic = s->command_topic,
+        .reply_topic = s->command_reply_topic,
+        .id_field = s->command_id_field,
+        .store = {.prefix = s->redis_prefix,
+                  .node_id = s->node_id,
+                  .retention_ms = s->command_retention_ms,
+                  .history = (uint32_t)s->command_history,
+                  .stream_maxlen = s->events_maxlen},
+    };
+}
+
 static int
 run(const struct settings *s)
 {
     struct broker_config cfg;
     struct cluster_config ccfg;
+    struct commands_config mcfg;
+    struct commands *commands = NULL;
+    struct command_api *command_api = NULL;
     struct broker *broker = NULL;
     struct cluster *cluster = NULL;
     struct peer_client *peers = NULL;
@@ -240,7 +270,7 @@ run(const struct settings *s)
     if (!sigint || !sigterm || event_add(sigint, NULL) || event_add(sigterm, NULL))
         goto fail;
     broker = broker_new(base, &cfg);
-    if (!broker || !http_start(s, broker, &apis))
+    if (!broker)
         goto fail;
     if (s->redis) {
         cluster_config_from(s, cfg.epoch, &ccfg);
@@ -248,7 +278,8 @@ run(const struct settings *s)
         if (!cluster)
             goto fail;
         if (s->internal && s->cluster_secret) {
-            /* Node-to-node calls: cluster-wide takeover, remote reads and kicks. */
+            /* Node-to-node calls: cluster-wide takeover, remote reads and
+             * kicks, command hand-over. */
             struct peer_client_config pcfg = {.node_id = s->node_id,
                                               .secret = s->cluster_secret};
             peers = peer_client_new(base, &pcfg);
@@ -258,7 +289,21 @@ run(const struct settings *s)
         }
         if (!peers)
             log_warn("cluster mode without --internal and --cluster-secret: a client that "
-                     "moves to another node cannot close its old connection here");
+                     "moves to another node cannot close its old connection here, and "
+                     "commands cannot reach devices on other nodes");
+    }
+    /* Device commands: in Redis with a cluster, in memory standalone. */
+    commands_config_from(s, cfg.epoch, &mcfg);
+    commands = commands_new(base, broker, &mcfg, cluster ? cluster_redis(cluster) : NULL);
+    if (!commands || !(command_api = command_api_new(broker_inbox(broker),
+                                                     commands_service(commands))))
+        goto fail;
+    commands_set_peers(commands, peers);
+    if (!http_start(s, broker, command_api, &apis))
+        goto fail;
+    if (apis.admin)
+        admin_api_add_metrics_source(apis.admin, commands_write_metrics, commands);
+    if (cluster) {
         /* The admin API now answers for the whole cluster. */
         cluster_directory(cluster, &directory);
         if (apis.admin) {
@@ -282,8 +327,10 @@ fail:
     }
     cluster_free(cluster);
     peer_client_free(peers);
+    commands_free(commands); /* after the Redis link and peers: their last callbacks reach it */
     broker_free(broker);
     http_free(&apis);
+    command_api_free(command_api);
     if (sigint)
         event_free(sigint);
     if (sigterm)

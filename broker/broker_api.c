@@ -16,6 +16,7 @@
 #include "broker/topic.h"
 #include "broker/topic_tree.h"
 #include "common/hashmap.h"
+#include "common/clock.h"
 
 static const char *
 protocol_name(uint8_t level)
@@ -44,13 +45,7 @@ static json_t *
 iso_time(uint64_t ms)
 {
     char text[40];
-    time_t secs = (time_t)(ms / 1000u);
-    struct tm tm;
-    if (!gmtime_r(&secs, &tm))
-        return json_null();
-    size_t n = strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(text + n, sizeof(text) - n, ".%03uZ", (unsigned)(ms % 1000u));
-    return json_string(text);
+    return clock_iso8601(ms, text, sizeof(text)) ? json_string(text) : json_null();
 }
 
 /* The connection's fields, or nulls for an offline session. */
@@ -261,6 +256,19 @@ broker_api_gauges(struct broker *b, struct broker_gauges *out)
         .retained_messages = retain_count(b->retained),
         .uptime_seconds = (broker_now(b) - b->started_ms) / 1000u,
     };
+}
+
+struct timer_wheel *
+broker_api_wheel(struct broker *b)
+{
+    return b->wheel;
+}
+
+uint64_t
+broker_api_now(struct broker *b)
+{
+    broker_refresh_clock(b);
+    return broker_now(b);
 }
 
 bool

@@ -16,6 +16,7 @@
 #include "common/status.h"
 
 struct broker;
+struct timer_wheel;
 
 /* Levels of the broker the metrics report besides its counters. */
 struct broker_gauges {
@@ -67,6 +68,11 @@ enum rmq_status broker_api_deliver(struct broker *b, uint64_t channel, const cha
                                    uint8_t qos, bool retain, uint64_t tag);
 
 void broker_api_gauges(struct broker *b, struct broker_gauges *out);
+
+/* The loop's timer wheel and its clock (monotonic ms, as of the current
+ * callback): other layers on this loop schedule their timers there. */
+struct timer_wheel *broker_api_wheel(struct broker *b);
+uint64_t broker_api_now(struct broker *b);
 
 /* True while the broker has at least one MQTT listener open. */
 bool broker_api_listening(struct broker *b);

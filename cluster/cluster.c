@@ -302,3 +302,9 @@ cluster_redis_up(const struct cluster *cl)
 {
     return cl && redis_link_is_up(cl->redis);
 }
+
+struct redis_link *
+cluster_redis(struct cluster *cl)
+{
+    return cl->redis;
+}

@@ -23,6 +23,7 @@ struct event_base;
 struct broker;
 struct cluster;
 struct admin_directory;
+struct redis_link;
 
 struct cluster_config {
     const char *redis_url;
@@ -60,6 +61,10 @@ void cluster_directory(struct cluster *cluster, struct admin_directory *out);
  * commands, errors, mean latency, reconnects and link state; takeovers
  * across nodes; nodes reaped; events lost while Redis was away. */
 void cluster_write_metrics(FILE *out, void *arg);
+
+/* The cluster's Redis link, for other cluster modules on this loop
+ * (commands). Valid until cluster_free. */
+struct redis_link *cluster_redis(struct cluster *cluster);
 
 /* True while Redis is reachable (readiness). */
 bool cluster_redis_up(const struct cluster *cluster);

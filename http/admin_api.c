@@ -16,6 +16,7 @@
  * Without a directory the API answers from this node alone through the
  * local directory below (ctx = the API). */
 #include "http/admin_api.h"
+#include "http/command_api.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -50,6 +51,7 @@ struct admin_api {
     const struct admin_directory *dir;
     struct peer_client *peers;
     struct internal_api *internal;
+    struct command_api *commands;
     struct metrics_source sources[MAX_SOURCES];
     size_t source_count;
 };
@@ -729,6 +731,45 @@ handle_publish(struct http_request *req, void *ctx)
     post(job, req, run_publish);
 }
 
+/* The command endpoints live in command_api.c; without the engine they
+ * answer 503. */
+static bool
+commands_on(struct http_request *req, struct admin_api *api)
+{
+    if (api->commands)
+        return true;
+    http_reply_error(req, 503, "not_available", "device commands are not running on this node");
+    return false;
+}
+
+static void
+handle_command_post(struct http_request *req, void *ctx)
+{
+    if (commands_on(req, ctx))
+        command_api_post(req, ((struct admin_api *)ctx)->commands);
+}
+
+static void
+handle_command_get(struct http_request *req, void *ctx)
+{
+    if (commands_on(req, ctx))
+        command_api_get(req, ((struct admin_api *)ctx)->commands);
+}
+
+static void
+handle_command_list(struct http_request *req, void *ctx)
+{
+    if (commands_on(req, ctx))
+        command_api_list(req, ((struct admin_api *)ctx)->commands);
+}
+
+static void
+handle_command_cancel(struct http_request *req, void *ctx)
+{
+    if (commands_on(req, ctx))
+        command_api_cancel(req, ((struct admin_api *)ctx)->commands);
+}
+
 static const struct http_route routes[] = {
     {"GET", "/healthz", handle_healthz, "healthz", HTTP_ROUTE_PUBLIC, NULL},
     {"GET", "/readyz", handle_readyz, "readyz", HTTP_ROUTE_PUBLIC, NULL},
@@ -738,6 +779,10 @@ static const struct http_route routes[] = {
     {"GET", "/api/v1/clients/{id}", handle_client_get, "client_get", 0, NULL},
     {"DELETE", "/api/v1/clients/{id}", handle_client_kick, "client_kick", 0, NULL},
     {"POST", "/api/v1/publish", handle_publish, "publish", 0, NULL},
+    {"POST", "/api/v1/devices/{device}/commands", handle_command_post, "commands_post", 0, NULL},
+    {"GET", "/api/v1/devices/{device}/commands", handle_command_list, "commands_list", 0, NULL},
+    {"GET", "/api/v1/commands/{id}", handle_command_get, "commands_get", 0, NULL},
+    {"DELETE", "/api/v1/commands/{id}", handle_command_cancel, "commands_cancel", 0, NULL},
 };
 
 /* ---- lifetime ---- */
@@ -762,6 +807,7 @@ admin_api_new(const struct admin_api_config *cfg)
     api->broker = cfg->broker;
     api->peers = cfg->peers;
     api->internal = cfg->internal;
+    api->commands = cfg->commands;
     api->node_id = strdup(cfg->node_id);
     api->advertise = cfg->advertise && *cfg->advertise ? strdup(cfg->advertise) : NULL;
     api->local = (struct admin_directory){api, local_ready, local_locate, local_list_clients,

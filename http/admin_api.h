@@ -24,6 +24,7 @@ struct broker;
 struct peer_client;
 struct internal_api;
 struct admin_api;
+struct command_api;
 
 /* ---- the directory: who is where in the cluster ---- */
 
@@ -75,6 +76,7 @@ struct admin_api_config {
     const struct admin_directory *directory; /* NULL = this node only; borrowed */
     struct peer_client *peers;               /* NULL = no remote reads or kicks; borrowed */
     struct internal_api *internal;           /* its counters join /metrics; may be NULL */
+    struct command_api *commands;            /* device commands; NULL = 503; borrowed */
 };
 
 /* Loads the keys, binds and starts serving. Borrows everything in cfg,
