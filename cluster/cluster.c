@@ -32,6 +32,18 @@ static const char reap_lua[] =
     "                       'will_topic', 'will_payload', 'will_qos', 'will_retain')\n"
     "  if f[1] == dead then\n"
     "    redis.call('DEL', k)\n"
+    /* Its commands in flight wait, queued, for the device's return. */
+    "    for _, cid in ipairs(redis.call('ZRANGE', p .. 'cmd:pending:' .. id, 0, -1)) do\n"
+    "      local ck = p .. 'cmd:' .. cid\n"
+    "      local st = redis.call('HGET', ck, 'status')\n"
+    "      if st == 'sent' or st == 'delivered' then\n"
+    "        redis.call('HSET', ck, 'status', 'queued', 'node', '', 'updated_ms', ARGV[5],\n"
+    "                   'next_ms', 0)\n"
+    "        redis.call('XADD', p .. 'commands', 'MAXLEN', '~', ARGV[4], '*', 'id', cid,\n"
+    "                   'device', id, 'status', 'queued', 'attempts',\n"
+    "                   redis.call('HGET', ck, 'attempts'), 'node', '', 'ts', ARGV[5])\n"
+    "      end\n"
+    "    end\n"
     "    table.insert(out, {id, f[2] or '', f[3] or '', f[4] or '', f[5] or '',\n"
     "                       f[6] or '', f[7] or '0', f[8] or '0'})\n"
     "  end\n"
@@ -117,8 +129,12 @@ reap(struct cluster *cl, const char *node, bool own_previous_life)
         return;
     x->cl = cl;
     memcpy(x->node, node, n);
-    const char *argv[] = {cl->key_nodes, cl->cfg->prefix, node, own_previous_life ? "1" : "0"};
-    if (redis_link_eval(cl->redis, cl->script_reap, on_reap_reply, x, 1, 4, argv, NULL) != RMQ_OK)
+    char maxlen[24], now[24];
+    snprintf(maxlen, sizeof(maxlen), "%lld", (long long)cl->cfg->events_maxlen);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)clock_wall_ms());
+    const char *argv[] = {cl->key_nodes, cl->cfg->prefix, node, own_previous_life ? "1" : "0",
+                          maxlen, now};
+    if (redis_link_eval(cl->redis, cl->script_reap, on_reap_reply, x, 1, 6, argv, NULL) != RMQ_OK)
         free(x);
 }
 

@@ -81,6 +81,10 @@ struct command_store_config {
     uint64_t retention_ms;    /* finished commands stay readable this long */
     uint32_t history;         /* commands listed per device */
     int64_t stream_maxlen;    /* {prefix}commands, approximate */
+    /* Memory store only: whether a device is connected (the sweep expires
+     * commands in flight to a device away past their TTL). NULL = never. */
+    bool (*device_online)(void *ctx, const char *device);
+    void *device_online_ctx;
 };
 
 /* Standalone. Borrows cfg. NULL on allocation failure. */

@@ -248,7 +248,11 @@ mem_sweep(struct command_store *s, uint64_t now)
     void *v;
     while (hashmap_next(m->by_id, &pos, &key, &len, &v)) {
         struct command *cmd = v;
-        if (cmd->status == COMMAND_QUEUED && now >= cmd->expires_ms)
+        if (command_status_final(cmd->status) || now < cmd->expires_ms)
+            continue;
+        const struct command_store_config *cfg = m->cfg;
+        if (cmd->status == COMMAND_QUEUED || !cfg->device_online ||
+            !cfg->device_online(cfg->device_online_ctx, cmd->device))
             command_finish(cmd, COMMAND_EXPIRED, NULL, now);
     }
     /* Forgetting changes the map: collect first, then forget. */

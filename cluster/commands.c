@@ -99,6 +99,7 @@ struct commands {
     struct event_base *base;
     struct broker *broker;
     const struct commands_config *cfg;
+    struct command_store_config store_cfg; /* cfg->store plus our callback */
     struct command_store *store;
     struct peer_client *peers;
     struct broker_observer observer;
@@ -346,8 +347,10 @@ take_charge(struct commands *cm, struct local_dev *dev, const struct command *cm
     dev->cmds = lc;
     if (cmd->status == COMMAND_QUEUED && command_may_send(cmd))
         step(lc);
-    else
+    else if (cmd->next_ms)
         arm(lc, cmd->next_ms);
+    else /* re-queued with every send spent: one more wait for a late reply */
+        arm(lc, clock_wall_ms() + cmd->interval_ms);
 }
 
 /* ---- the broker's observer ---- */
@@ -913,6 +916,13 @@ on_sweep(evutil_socket_t fd, short what, void *arg)
 }
 
 static bool
+device_online(void *ctx, const char *device)
+{
+    struct commands *cm = ctx;
+    return hashmap_get(cm->devices, device, strlen(device)) != NULL;
+}
+
+static bool
 tmpl_valid(const char *name, const char *tmpl)
 {
     char topic[TOPIC_MAX];
@@ -943,8 +953,11 @@ commands_new(struct event_base *base, struct broker *broker, const struct comman
     cm->cfg = cfg;
     tmpl_init(&cm->topic, cfg->topic);
     tmpl_init(&cm->reply, cfg->reply_topic);
-    cm->store = link ? command_store_redis_new(link, &cfg->store)
-                     : command_store_memory_new(&cfg->store);
+    cm->store_cfg = cfg->store;
+    cm->store_cfg.device_online = device_online;
+    cm->store_cfg.device_online_ctx = cm;
+    cm->store = link ? command_store_redis_new(link, &cm->store_cfg)
+                     : command_store_memory_new(&cm->store_cfg);
     cm->devices = hashmap_new(free_dev);
     cm->active = hashmap_new(NULL);
     cm->tags = hashmap_new(NULL);
