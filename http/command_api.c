@@ -7,7 +7,6 @@
 #include "http/command_api.h"
 
 #include <ctype.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,7 +79,7 @@ parse_duration(const json_t *v, uint64_t *out)
     double s = json_number_value(v);
     if (!(s >= 0 && s <= 1e9))
         return false;
-    *out = (uint64_t)llround(s * 1000.0);
+    *out = (uint64_t)(s * 1000.0 + 0.5);
     return true;
 }
 
@@ -236,7 +235,7 @@ parse_wait(struct http_request *req, uint64_t *out)
                          WAIT_MAX_S);
         return false;
     }
-    *out = (uint64_t)llround(s * 1000.0);
+    *out = (uint64_t)(s * 1000.0 + 0.5);
     return true;
 }
 
