@@ -53,6 +53,7 @@ command_clear(struct command *c)
     free(c->node);
     free(c->accepted_by);
     free(c->channel_id);
+    free(c->notify_addr);
     memset(c, 0, sizeof(*c));
 }
 
@@ -73,13 +74,14 @@ command_copy(struct command *dst, const struct command *src)
 {
     *dst = *src;
     dst->device = dst->payload = dst->idempotency_key = dst->reply = NULL;
-    dst->node = dst->accepted_by = dst->channel_id = NULL;
+    dst->node = dst->accepted_by = dst->channel_id = dst->notify_addr = NULL;
     if (set_text(&dst->device, src->device) != RMQ_OK ||
         set_text(&dst->payload, src->payload) != RMQ_OK ||
         set_text(&dst->idempotency_key, src->idempotency_key) != RMQ_OK ||
         set_text(&dst->reply, src->reply) != RMQ_OK || set_text(&dst->node, src->node) != RMQ_OK ||
         set_text(&dst->accepted_by, src->accepted_by) != RMQ_OK ||
-        set_text(&dst->channel_id, src->channel_id) != RMQ_OK) {
+        set_text(&dst->channel_id, src->channel_id) != RMQ_OK ||
+        set_text(&dst->notify_addr, src->notify_addr) != RMQ_OK) {
         command_clear(dst);
         return RMQ_NOMEM;
     }

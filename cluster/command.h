@@ -50,6 +50,8 @@ struct command {
     uint64_t created_ms, updated_ms;
     uint64_t expires_ms; /* created + ttl: a queued command expires then */
     uint64_t next_ms;    /* when the next send or the time-out is due (0 = not armed) */
+    bool notify;         /* an API request waits for its end on accepted_by */
+    char *notify_addr;   /* set by a store on finishing: accepted_by's internal API, or NULL */
 };
 
 const char *command_status_name(enum command_status s);

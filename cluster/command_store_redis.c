@@ -32,6 +32,11 @@
     "  redis.call('XADD', P .. 'commands', 'MAXLEN', '~', ARGV[2], '*', 'id', id,\n"        \
     "             'device', dev, 'status', st, 'attempts', att, 'node', node, 'ts', now)\n" \
     "end\n"                                                                                \
+    "local function waiter_addr(k)\n"                                                    \
+    "  local f = redis.call('HMGET', k, 'notify', 'accepted_by')\n"                        \
+    "  if f[1] ~= '1' or not f[2] then return '' end\n"                                    \
+    "  return redis.call('HGET', P .. 'node:' .. f[2], 'addr') or ''\n"                   \
+    "end\n"                                                                                \
     "local function finish(id, st, reply)\n"                                               \
     "  local k = P .. 'cmd:' .. id\n"                                                      \
     "  local f = redis.call('HMGET', k, 'device', 'attempts', 'node')\n"                   \
@@ -83,7 +88,7 @@ static const char send_lua[] = LUA_PRELUDE
     "local att = tonumber(f[2])\n"
     "if att >= tonumber(f[3]) + 1 then\n"
     "  finish(id, 'timed_out', nil)\n"
-    "  return {2, redis.call('HGETALL', k)}\n"
+    "  return {2, redis.call('HGETALL', k), waiter_addr(k)}\n"
     "end\n"
     "att = att + 1\n"
     "redis.call('HSET', k, 'status', 'sent', 'attempts', att, 'node', ARGV[6],\n"
@@ -109,7 +114,7 @@ static const char reply_lua[] = LUA_PRELUDE
     "if f[2] ~= ARGV[6] then return {3} end\n"
     "if FINAL[f[1]] then return {2, redis.call('HGETALL', k)} end\n"
     "finish(ARGV[5], ARGV[8], ARGV[7])\n"
-    "return {1, redis.call('HGETALL', k)}\n";
+    "return {1, redis.call('HGETALL', k), waiter_addr(k)}\n";
 
 /* ARGV[5] id. {1, hash} canceled, {2, hash} already final, {0} unknown. */
 static const char cancel_lua[] = LUA_PRELUDE
@@ -230,6 +235,7 @@ parse_command(const redisReply *h, struct command *c)
     c->node = hash_dup(h, "node", true);
     c->accepted_by = hash_dup(h, "accepted_by", true);
     c->channel_id = hash_dup(h, "channel_id", true);
+    c->notify = hash_u64(h, "notify") != 0;
     if (!c->device || !c->payload) {
         command_clear(c);
         return RMQ_NOMEM;
@@ -320,6 +326,9 @@ answer_one(struct call *c, const redisReply *r, const enum rmq_status *codes, si
     enum rmq_status st = code >= 0 && (size_t)code < ncodes ? codes[code] : RMQ_IO;
     struct command cmd;
     if (r->elements > 1 && parse_command(r->element[1], &cmd) == RMQ_OK) {
+        const char *addr = elem_str(r, 2);
+        if (*addr && !(cmd.notify_addr = strdup(addr)))
+            log_warn("command %s: out of memory; a waiting request learns its end late", cmd.id);
         c->cb.one(st, &cmd, c->arg);
         command_clear(&cmd);
     } else {
@@ -375,7 +384,8 @@ redis_create(struct command_store *s, const struct command *cmd, command_create_
         cmd->id, cmd->device, idem, rs->history, life, cmd->accepted_by,
         "id", cmd->id, "device", cmd->device, "status", command_status_name(cmd->status),
         "attempts", att, "retries", ret, "qos", qos, "interval_ms", ival, "ttl_ms", ttl,
-        "payload", cmd->payload, "idem", idem, "node", cmd->node, "accepted_by",
+        "payload", cmd->payload, "idem", idem, "notify", cmd->notify ? "1" : "0",
+        "node", cmd->node, "accepted_by",
         cmd->accepted_by, "created_ms", created, "updated_ms", created, "expires_ms", expires,
         "next_ms", "0",
     };

@@ -200,6 +200,7 @@ arm(struct local_cmd *lc, uint64_t at_ms)
 }
 
 static void wake_waiters(struct commands *cm, const char *id);
+static void tell_waiting_node(struct commands *cm, const struct command *cmd);
 
 /* ---- sending ---- */
 
@@ -289,6 +290,8 @@ on_sent(enum rmq_status st, const struct command *cmd, void *arg)
         cm->n.timed_out++;
         log_info("command %s: no reply after %u sends, timed out", lc->id, lc->attempts);
         wake_waiters(cm, lc->id);
+        if (cmd)
+            tell_waiting_node(cm, cmd);
         local_drop(cm, lc);
         return;
     case RMQ_NOT_FOUND: /* finished, or the device moved on */
@@ -468,6 +471,7 @@ on_replied(enum rmq_status st, const struct command *cmd, void *arg)
         if (lc && !lc->busy)
             local_drop(cm, lc);
         wake_waiters(cm, x->id);
+        tell_waiting_node(cm, cmd);
     } else if (st == RMQ_IO || st == RMQ_NOMEM) {
         cm->n.store_errors++;
         log_warn("command %s: the reply could not be recorded (store unavailable)", x->id);
@@ -568,6 +572,34 @@ wake_waiters(struct commands *cm, const char *id)
         if (strcmp(w->id, id) == 0)
             waiter_check(cm, w, false);
     }
+}
+
+static void
+on_told(const struct peer_result *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+}
+
+/* A request waits for cmd on the node that accepted it: tell that node it
+ * ended (its polling would notice within WAIT_POLL_MS anyway). */
+static void
+tell_waiting_node(struct commands *cm, const struct command *cmd)
+{
+    if (!cmd->notify_addr || !cmd->accepted_by || !cm->peers ||
+        strcmp(cmd->accepted_by, cm->cfg->node_id) == 0)
+        return;
+    char path[128];
+    snprintf(path, sizeof(path), "/internal/v1/commands/%s/finished", cmd->id);
+    peer_client_request(cm->peers, cmd->notify_addr, "POST", path, NULL, on_told, NULL);
+}
+
+static void
+svc_finished(void *ctx, const char *id, command_answer_fn cb, void *arg)
+{
+    struct commands *cm = ctx;
+    wake_waiters(cm, id);
+    cb(202, json_pack("{s:s}", "id", id), arg);
 }
 
 /* Every WAIT_POLL_MS while requests wait: the command may finish on
@@ -729,6 +761,7 @@ svc_submit(void *ctx, const struct command_request *req, command_answer_fn cb, v
         .interval_ms = req->interval_ms ? req->interval_ms : cfg->retry_interval_ms,
         .ttl_ms = req->ttl_ms ? req->ttl_ms : cfg->ttl_ms,
         .idempotency_key = req->idempotency_key,
+        .notify = req->wait_ms > 0,
         .node = (char *)cfg->node_id,
         .accepted_by = (char *)cfg->node_id,
         .created_ms = now,
@@ -978,6 +1011,7 @@ commands_new(struct event_base *base, struct broker *broker, const struct comman
         .list = svc_list,
         .cancel = svc_cancel,
         .dispatch = svc_dispatch,
+        .finished = svc_finished,
     };
     if (!cm->store || !cm->devices || !cm->active || !cm->tags || !cm->poll_ev ||
         !cm->sweep_ev || event_add(cm->sweep_ev, &sweep) != 0 ||

@@ -30,10 +30,10 @@
 struct command_api {
     struct inbox *inbox;
     const struct command_service *svc;
-    struct http_route internal[1];
+    struct http_route internal[2];
 };
 
-enum job_kind { JOB_SUBMIT, JOB_GET, JOB_LIST, JOB_CANCEL, JOB_DISPATCH };
+enum job_kind { JOB_SUBMIT, JOB_GET, JOB_LIST, JOB_CANCEL, JOB_DISPATCH, JOB_FINISHED };
 
 struct cmd_job {
     struct http_job base;
@@ -174,6 +174,9 @@ run_job(struct http_job *base)
         break;
     case JOB_DISPATCH:
         svc->dispatch(svc->ctx, job->id, job->device, on_answer, job);
+        break;
+    case JOB_FINISHED:
+        svc->finished(svc->ctx, job->id, on_answer, job);
         break;
     }
 }
@@ -339,6 +342,17 @@ handle_dispatch(struct http_request *req, void *ctx)
     post(job, req);
 }
 
+/* POST /internal/v1/commands/{id}/finished (no body needed) */
+static void
+handle_finished(struct http_request *req, void *ctx)
+{
+    (void)ctx;
+    struct command_api *api = http_request_route(req)->arg;
+    struct cmd_job *job = job_new(api, req, JOB_FINISHED);
+    if (job && take_param(req, job, "id", &job->id))
+        post(job, req);
+}
+
 struct command_api *
 command_api_new(struct inbox *inbox, const struct command_service *svc)
 {
@@ -349,6 +363,8 @@ command_api_new(struct inbox *inbox, const struct command_service *svc)
     api->svc = svc;
     api->internal[0] = (struct http_route){"POST", "/internal/v1/commands/{id}/dispatch",
                                            handle_dispatch, "commands_dispatch", 0, api};
+    api->internal[1] = (struct http_route){"POST", "/internal/v1/commands/{id}/finished",
+                                           handle_finished, "commands_finished", 0, api};
     return api;
 }
 
@@ -361,6 +377,6 @@ command_api_free(struct command_api *api)
 const struct http_route *
 command_api_internal_routes(struct command_api *api, size_t *count)
 {
-    *count = 1;
+    *count = sizeof(api->internal) / sizeof(api->internal[0]);
     return api->internal;
 }

@@ -45,6 +45,9 @@ struct command_service {
     /* Internal: start delivering command id, for a device said to be here. */
     void (*dispatch)(void *ctx, const char *id, const char *device, command_answer_fn cb,
                      void *arg);
+    /* Internal: command id ended on another node; requests waiting here
+     * for it may be answered. */
+    void (*finished)(void *ctx, const char *id, command_answer_fn cb, void *arg);
 };
 
 /* {"error": {"code": code, "message": message}}; NULL on allocation failure. */
@@ -61,8 +64,8 @@ void command_api_get(struct http_request *req, void *ctx);
 void command_api_list(struct http_request *req, void *ctx);
 void command_api_cancel(struct http_request *req, void *ctx);
 
-/* The internal API's extra routes (POST /internal/v1/commands/{id}/dispatch),
- * whose arg is api. Valid while api lives. */
+/* The internal API's extra routes (POST /internal/v1/commands/{id}/dispatch
+ * and .../finished), whose arg is api. Valid while api lives. */
 const struct http_route *command_api_internal_routes(struct command_api *api, size_t *count);
 
 /* Parses a POST body. On a problem fills err (naming the field) and
