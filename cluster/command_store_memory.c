@@ -89,6 +89,17 @@ trim(struct mem_store *m, struct mem_dev *d)
     }
 }
 
+/* Trims after a command ended (cmd may be freed: device is copied first). */
+static void
+trim_device(struct mem_store *m, const char *device)
+{
+    char *copy = strdup(device);
+    struct mem_dev *d = copy ? dev_of(m, copy, false) : NULL;
+    if (d)
+        trim(m, d);
+    free(copy);
+}
+
 static struct command *
 find_idempotent(struct mem_dev *d, const char *key)
 {
@@ -173,12 +184,14 @@ mem_list(struct command_store *s, const char *device, const char *cursor, size_t
 static void
 mem_cancel(struct command_store *s, const char *id, uint64_t now, command_store_cb cb, void *arg)
 {
-    struct command *cmd = by_id((struct mem_store *)s, id);
+    struct mem_store *m = (struct mem_store *)s;
+    struct command *cmd = by_id(m, id);
     if (!cmd) {
         cb(RMQ_NOT_FOUND, NULL, arg);
         return;
     }
     cb(command_finish(cmd, COMMAND_CANCELED, NULL, now), cmd, arg);
+    trim_device(m, cmd->device);
 }
 
 static void
@@ -193,6 +206,7 @@ mem_send(struct command_store *s, const char *id, const char *node, const char *
     if (!command_may_send(cmd)) {
         command_finish(cmd, COMMAND_TIMED_OUT, NULL, now);
         cb(RMQ_LIMIT, cmd, arg);
+        trim_device((struct mem_store *)s, cmd->device);
         return;
     }
     cb(command_mark_sent(cmd, node, channel_id, now), cmd, arg);
@@ -215,8 +229,10 @@ mem_reply(struct command_store *s, const char *id, const char *device, const cha
         cb(RMQ_NOT_FOUND, NULL, arg);
     else if (strcmp(cmd->device, device) != 0)
         cb(RMQ_INVALID, NULL, arg);
-    else
+    else {
         cb(command_finish(cmd, status, reply, now), cmd, arg);
+        trim_device((struct mem_store *)s, cmd->device);
+    }
 }
 
 static void
@@ -254,6 +270,7 @@ mem_sweep(struct command_store *s, uint64_t now)
         if (cmd->status == COMMAND_QUEUED || !cfg->device_online ||
             !cfg->device_online(cfg->device_online_ctx, cmd->device))
             command_finish(cmd, COMMAND_EXPIRED, NULL, now);
+        /* the history bound is applied by the next create or ending */
     }
     /* Forgetting changes the map: collect first, then forget. */
     size_t n = 0, cap = hashmap_count(m->by_id);
