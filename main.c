@@ -12,8 +12,12 @@
 #include "broker/acl.h"
 #include "broker/auth.h"
 #include "broker/broker.h"
+#include "cluster/bridge_writer.h"
 #include "cluster/cluster.h"
 #include "cluster/commands.h"
+#include "cluster/forwarder.h"
+#include "cluster/routes.h"
+#include "cluster/sessions.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -26,6 +30,10 @@
 int passwd_main(int argc, char **argv); /* passwd_cmd.c: `relaymq passwd ...` */
 
 #define ENV_PREFIX "RELAYMQ_"
+#define FORWARD_BODY_SLACK 65536u      /* frame headers around the largest message */
+#define FORWARD_MAX_BATCH (64u * 1024)  /* bytes per node-to-node request */
+#define FORWARD_MAX_BUFFER (64u << 20)  /* bytes waiting per peer before drops */
+#define INTERNAL_ROUTES_MAX 8
 
 static void
 usage(FILE *out)
@@ -51,12 +59,56 @@ on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(arg, NULL);
 }
 
+/* SIGHUP: TLS listeners load their certificate, key and CA files again. */
+static void
+on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    log_info("received SIGHUP, reloading TLS files");
+    broker_reload_tls(arg);
+}
+
+static struct listener_options
+listener_options_from(const struct settings *s)
+{
+    return (struct listener_options){
+        .proxy_protocol = s->proxy_protocol,
+        .tls_cert = s->tls_cert,
+        .tls_key = s->tls_key,
+        .tls_ca_file = s->tls_ca_file,
+        .tls_require_certificate = s->tls_require_certificate,
+        .tls_use_identity_as_username = s->tls_use_identity_as_username,
+        .tls_min_version = s->tls_min_version,
+        .tls_ciphers = s->tls_ciphers,
+    };
+}
+
+/* Every --listen value with the PROXY and TLS options: false (printed) if
+ * one is invalid. Files are opened later, by the broker. */
+static bool
+listeners_valid(const struct settings *s)
+{
+    struct listener_options opts = listener_options_from(s);
+    char err[512];
+    for (size_t i = 0; i < s->listen.count; i++) {
+        struct listener_spec spec;
+        enum rmq_status st = listener_spec_parse(s->listen.items[i], &opts, &spec, err,
+                                                 sizeof(err));
+        listener_spec_free(&spec);
+        if (st != RMQ_OK) {
+            fprintf(stderr, "relaymq: listen '%s': %s\n", s->listen.items[i], err);
+            return false;
+        }
+    }
+    return true;
+}
+
 static void
 broker_config_from(const struct settings *s, struct broker_config *cfg)
 {
     *cfg = (struct broker_config){
         .listen = (const char *const *)s->listen.items,
         .listen_count = s->listen.count,
+        .listener_defaults = listener_options_from(s),
         .node_id = s->node_id,
         .allow_anonymous = s->allow_anonymous,
         .max_packet_size = (uint32_t)s->max_packet_size,
@@ -84,15 +136,19 @@ struct http_apis {
  * check). Returns false on a fatal failure. */
 static bool
 http_start(const struct settings *s, struct broker *broker, struct command_api *commands,
+           const struct http_route *internal_routes, size_t internal_route_count,
            struct http_apis *h)
 {
     if (s->internal && *s->internal) {
+        /* Forwarded batches carry whole messages: room for the largest. */
+        uint64_t max_body = s->http_max_body;
+        if (max_body < s->max_packet_size + FORWARD_BODY_SLACK)
+            max_body = s->max_packet_size + FORWARD_BODY_SLACK;
         struct internal_api_config ic = {
-            .address = s->internal, .max_body = s->http_max_body,
+            .address = s->internal, .max_body = max_body,
             .timeout_ms = s->http_timeout_ms, .secret = s->cluster_secret,
-            .max_skew_ms = s->internal_max_skew_ms, .broker = broker};
-        if (commands)
-            ic.extra_routes = command_api_internal_routes(commands, &ic.extra_route_count);
+            .max_skew_ms = s->internal_max_skew_ms, .broker = broker,
+            .extra_routes = internal_routes, .extra_route_count = internal_route_count};
         h->internal = internal_api_new(&ic);
         if (!h->internal)
             return false;
@@ -112,17 +168,26 @@ http_start(const struct settings *s, struct broker *broker, struct command_api *
 }
 
 static void
-http_stop(struct http_apis *h)
-{
-    admin_api_stop(h->admin);
-    internal_api_stop(h->internal);
-}
-
-static void
 http_free(struct http_apis *h)
 {
     admin_api_free(h->admin);
     internal_api_free(h->internal);
+}
+
+static void
+bridge_config_from(const struct settings *s, struct bridge_writer_config *cfg)
+{
+    *cfg = (struct bridge_writer_config){
+        .redis_url = s->redis,
+        .prefix = s->redis_prefix,
+        .node_id = s->node_id,
+        .dead_letter = s->bridge_dead_letter,
+        .rules = (const char *const *)s->bridge.items,
+        .rule_count = s->bridge.count,
+        .device_by_username = strcmp(s->device_id, "username") == 0,
+        .buffer_messages = (uint64_t)s->bridge_buffer,
+        .buffer_bytes = s->bridge_buffer_bytes,
+    };
 }
 
 /* Loads settings; returns 0, or the process exit code on failure/--help. */
@@ -169,6 +234,20 @@ load_settings(int argc, char **argv, struct settings *s)
     if (s->listen.count == 0) {
         fprintf(stderr, "relaymq: listen: at least one listener is needed\n");
         return 2;
+    }
+    if (!listeners_valid(s))
+        return 2;
+    if (s->bridge.count && !s->redis) {
+        fprintf(stderr, "relaymq: bridge: rules need --redis (the streams are written there)\n");
+        return 2;
+    }
+    if (s->bridge.count) {
+        struct bridge_writer_config bcfg;
+        bridge_config_from(s, &bcfg);
+        if (bridge_writer_check(&bcfg, err, sizeof(err)) != RMQ_OK) {
+            fprintf(stderr, "relaymq: %s\n", err);
+            return 2;
+        }
     }
     return 0;
 }
@@ -237,13 +316,22 @@ run(const struct settings *s)
     struct cluster_config ccfg;
     struct commands_config mcfg;
     struct commands *commands = NULL;
+    struct routes_config routes_cfg;
+    struct routes *routes = NULL;
+    struct forwarder_config fwd_cfg;
+    struct forwarder *forwarder = NULL;
+    struct sessions_config sess_cfg;
+    struct sessions *sessions = NULL;
+    struct http_route internal_routes[INTERNAL_ROUTES_MAX];
     struct command_api *command_api = NULL;
     struct broker *broker = NULL;
     struct cluster *cluster = NULL;
+    struct bridge_writer_config bcfg;
+    struct bridge_writer *bridge = NULL;
     struct peer_client *peers = NULL;
     struct admin_directory directory;
     struct http_apis apis = {0};
-    struct event *sigint = NULL, *sigterm = NULL;
+    struct event *sigint = NULL, *sigterm = NULL, *sighup = NULL;
     struct auth *auth = NULL;
     struct acl *acl = NULL;
     int rc = 1;
@@ -272,6 +360,9 @@ run(const struct settings *s)
     broker = broker_new(base, &cfg);
     if (!broker)
         goto fail;
+    sighup = evsignal_new(base, SIGHUP, on_sighup, broker);
+    if (!sighup || event_add(sighup, NULL))
+        goto fail;
     if (s->redis) {
         cluster_config_from(s, cfg.epoch, &ccfg);
         cluster = cluster_new(base, broker, &ccfg);
@@ -299,7 +390,43 @@ run(const struct settings *s)
                                                      commands_service(commands))))
         goto fail;
     commands_set_peers(commands, peers);
-    if (!http_start(s, broker, command_api, &apis))
+    /* Node-to-node: messages for other nodes' subscribers, retained
+     * messages kept in Redis. */
+    if (cluster) {
+        struct routes_config rcfg = {.redis_url = s->redis, .prefix = s->redis_prefix,
+                                     .node_id = s->node_id};
+        routes_cfg = rcfg;
+        if (!(routes = routes_new(base, broker, cluster, cluster_redis(cluster), &routes_cfg)))
+            goto fail;
+        fwd_cfg = (struct forwarder_config){.prefix = s->redis_prefix,
+                                            .max_buffer = FORWARD_MAX_BUFFER,
+                                            .max_batch = FORWARD_MAX_BATCH,
+                                            .max_stall_ms = s->backpressure_timeout_ms};
+        if (peers && !(forwarder = forwarder_new(base, broker, cluster, cluster_redis(cluster),
+                                                 routes, peers, &fwd_cfg)))
+            goto fail;
+        sess_cfg = (struct sessions_config){.prefix = s->redis_prefix,
+                                            .node_id = s->node_id,
+                                            .max_queued = (uint32_t)s->max_queued_messages};
+        if (!(sessions = sessions_new(broker, cluster, routes, cluster_redis(cluster), peers,
+                                      &sess_cfg)))
+            goto fail;
+    }
+    size_t n_internal = 0, n;
+    const struct http_route *extra = command_api_internal_routes(command_api, &n);
+    for (size_t i = 0; i < n && n_internal < INTERNAL_ROUTES_MAX; i++)
+        internal_routes[n_internal++] = extra[i];
+    if (forwarder) {
+        extra = forwarder_internal_routes(forwarder, &n);
+        for (size_t i = 0; i < n && n_internal < INTERNAL_ROUTES_MAX; i++)
+            internal_routes[n_internal++] = extra[i];
+    }
+    if (sessions) {
+        extra = sessions_internal_routes(sessions, &n);
+        for (size_t i = 0; i < n && n_internal < INTERNAL_ROUTES_MAX; i++)
+            internal_routes[n_internal++] = extra[i];
+    }
+    if (!http_start(s, broker, command_api, internal_routes, n_internal, &apis))
         goto fail;
     if (apis.admin)
         admin_api_add_metrics_source(apis.admin, commands_write_metrics, commands);
@@ -309,9 +436,21 @@ run(const struct settings *s)
         if (apis.admin) {
             admin_api_set_cluster(apis.admin, &directory, peers);
             admin_api_add_metrics_source(apis.admin, cluster_write_metrics, cluster);
+            admin_api_add_metrics_source(apis.admin, routes_write_metrics, routes);
+            admin_api_add_metrics_source(apis.admin, sessions_write_metrics, sessions);
+            if (forwarder)
+                admin_api_add_metrics_source(apis.admin, forwarder_write_metrics, forwarder);
             if (peers)
                 admin_api_add_metrics_source(apis.admin, peer_client_write_metrics, peers);
         }
+    }
+    if (s->redis && s->bridge.count) {
+        /* Telemetry into Redis streams, on a Redis connection of its own. */
+        bridge_config_from(s, &bcfg);
+        if (!(bridge = bridge_writer_new(base, broker, &bcfg)))
+            goto fail;
+        if (apis.admin)
+            admin_api_add_metrics_source(apis.admin, bridge_writer_write_metrics, bridge);
     }
     if (!s->allow_anonymous && !auth)
         log_warn("allow-anonymous is false and no authentication backend is configured: "
@@ -320,21 +459,37 @@ run(const struct settings *s)
     event_base_dispatch(base);
     rc = 0;
 fail:
-    http_stop(&apis);
+    /* Draining: the load balancer sees the node not ready (admin API and
+     * MQTT listeners closed); clients are disconnected, persistent sessions
+     * written to Redis; then what other nodes and Redis are still owed is
+     * sent (the loop runs again, everything alive; a signal cuts it short);
+     * then the node leaves the route table (a survivor adopts its offline
+     * sessions) and stops taking node-to-node calls. */
+    admin_api_stop(apis.admin);
     if (broker) {
         broker_stop_listening(broker);
         broker_close_all(broker); /* the cluster records each release */
     }
+    bridge_writer_drain(bridge, 3000);
+    forwarder_drain(forwarder, 3000);
+    routes_free(routes); /* leaves the route table while the link is still up */
+    internal_api_stop(apis.internal);
+    sessions_stop(sessions);
     cluster_free(cluster);
     peer_client_free(peers);
+    forwarder_free(forwarder); /* after the peer client's last (cancelled) callbacks */
+    sessions_free(sessions);
     commands_free(commands); /* after the Redis link and peers: their last callbacks reach it */
     broker_free(broker);
+    bridge_writer_free(bridge); /* after the broker it observes */
     http_free(&apis);
     command_api_free(command_api);
     if (sigint)
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    if (sighup)
+        event_free(sighup);
     if (base)
         event_base_free(base);
     acl_free(acl);

@@ -51,6 +51,22 @@ struct settings {
     uint64_t command_retention_ms;
     int64_t command_history;
 
+    /* Stream bridge (cluster/bridge.c, cluster/bridge_writer.c) */
+    struct config_list bridge;
+    int64_t bridge_buffer;
+    uint64_t bridge_buffer_bytes;
+    char *bridge_dead_letter;
+
+    /* Listener transports: PROXY protocol and TLS (broker/listener_spec.c, broker/tls.c) */
+    char *proxy_protocol;
+    char *tls_cert;
+    char *tls_key;
+    char *tls_ca_file;
+    bool tls_require_certificate;
+    bool tls_use_identity_as_username;
+    char *tls_min_version;
+    char *tls_ciphers;
+
     /* Authentication and authorisation (broker/auth.c, broker/acl.c) */
     char *password_file;
     char *acl_file;

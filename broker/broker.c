@@ -14,6 +14,7 @@
 
 #include "broker/broker_internal.h"
 #include "broker/retain.h"
+#include "broker/tls.h"
 #include "broker/topic_tree.h"
 #include "common/clock.h"
 #include "common/hashmap.h"
@@ -70,6 +71,8 @@ broker_route(struct broker *b, struct route *r)
     b->match_gen++;
     b->matched_count = 0;
     topic_tree_match(b->subs, r->topic, r->topic_len, on_match, b);
+    if (b->forward && !b->from_peer)
+        broker_forward(b, r);
     /* Delivery to established subscriptions never carries RETAIN [MQTT-3.3.1-9]. */
     for (size_t i = 0; i < b->matched_count; i++) {
         struct session *s = b->matched[i];
@@ -167,7 +170,7 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
         snprintf(peer, sizeof(peer), "%s:%s", host, serv);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    conn_accept(l->broker, fd, peer);
+    conn_accept(l->broker, fd, peer, l);
 }
 
 static void
@@ -191,38 +194,25 @@ on_accept_error(struct evconnlistener *lev, void *arg)
     }
 }
 
-/* Splits "tcp://host:port", "host:port" or "[v6]:port". */
-static enum rmq_status
-split_address(const char *text, char *host, size_t hostlen, char *port, size_t portlen)
+/* A TLS listener's context from its files; false (logged) if they fail. */
+static bool
+listener_load_tls(struct listener_slot *l)
 {
-    const char *a = strncmp(text, "tcp://", 6) == 0 ? text + 6 : text;
-    const char *colon = strrchr(a, ':');
-    if (!colon || colon == a || !colon[1])
-        return RMQ_INVALID;
-    const char *h = a;
-    size_t hl = (size_t)(colon - a);
-    if (h[0] == '[') {
-        if (hl < 2 || h[hl - 1] != ']')
-            return RMQ_INVALID;
-        h++;
-        hl -= 2;
+    char err[512];
+    struct ssl_ctx_st *ctx = tls_context_new(&l->spec.tls_cfg, err, sizeof(err));
+    if (!ctx) {
+        log_error("listener %s: %s", l->address, err);
+        return false;
     }
-    if (hl >= hostlen || strlen(colon + 1) >= portlen)
-        return RMQ_INVALID;
-    char *end;
-    long n = strtol(colon + 1, &end, 10);
-    if (*end || n < 0 || n > 65535)
-        return RMQ_INVALID;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    snprintf(port, portlen, "%ld", n);
-    return RMQ_OK;
+    tls_context_free(l->tls_ctx);
+    l->tls_ctx = ctx;
+    return true;
 }
 
 static enum rmq_status
 listener_open(struct broker *b, struct listener_slot *l, const char *address)
 {
-    char host[256], port[16];
+    char err[512], kind[32];
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
@@ -230,11 +220,14 @@ listener_open(struct broker *b, struct listener_slot *l, const char *address)
     l->address = strdup(address);
     if (!l->address)
         return RMQ_NOMEM;
-    if (split_address(address, host, sizeof(host), port, sizeof(port)) != RMQ_OK) {
-        log_error("listen address '%s': expected HOST:PORT with a port from 0 to 65535",
-                  address);
+    if (listener_spec_parse(address, &b->cfg->listener_defaults, &l->spec, err, sizeof(err)) !=
+        RMQ_OK) {
+        log_error("listen address '%s': %s", address, err);
         return RMQ_INVALID;
     }
+    if (l->spec.tls && !listener_load_tls(l))
+        return RMQ_INVALID;
+    const char *host = l->spec.host, *port = l->spec.port;
     int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
         log_error("listen address '%s': %s", address, gai_strerror(rc));
@@ -253,7 +246,8 @@ listener_open(struct broker *b, struct listener_slot *l, const char *address)
     l->resume = evtimer_new(b->base, on_accept_resume, l);
     if (!l->resume)
         return RMQ_NOMEM;
-    log_info("listening for MQTT on %s", address);
+    log_info("listening for MQTT on %s (%s)", address, listener_spec_kind(&l->spec, kind,
+                                                                             sizeof(kind)));
     return RMQ_OK;
 }
 
@@ -282,11 +276,31 @@ broker_stop_listening(struct broker *b)
         if (l->resume)
             event_free(l->resume);
         free(l->address);
+        listener_spec_free(&l->spec);
+        tls_context_free(l->tls_ctx); /* open connections hold their own reference */
         *l = (struct listener_slot){0};
     }
     free(b->listeners);
     b->listeners = NULL;
     b->listener_count = 0;
+}
+
+size_t
+broker_reload_tls(struct broker *b)
+{
+    size_t failed = 0;
+    for (size_t i = 0; i < b->listener_count; i++) {
+        struct listener_slot *l = &b->listeners[i];
+        if (!l->spec.tls || !l->tls_ctx)
+            continue;
+        if (listener_load_tls(l)) {
+            log_info("listener %s: certificate, key and CA files reloaded", l->address);
+        } else {
+            log_warn("listener %s: keeps its previous certificate, key and CA", l->address);
+            failed++;
+        }
+    }
+    return failed;
 }
 
 /* ---- lifetime ---- */
@@ -366,6 +380,7 @@ broker_free(struct broker *b)
     topic_tree_free(b->subs);
     retain_free(b->retained);
     timer_wheel_free(b->wheel);
+    hashmap_free(b->filter_refs);
     free(b->matched);
     free(b->rbuf);
     free(b);
@@ -378,6 +393,19 @@ broker_add_observer(struct broker *b, const struct broker_observer *obs)
         return RMQ_LIMIT;
     b->observers[b->observer_count++] = obs;
     return RMQ_OK;
+}
+
+void
+broker_remove_observer(struct broker *b, const struct broker_observer *obs)
+{
+    for (size_t i = 0; b && i < b->observer_count; i++) {
+        if (b->observers[i] == obs) {
+            memmove(&b->observers[i], &b->observers[i + 1],
+                    (b->observer_count - i - 1) * sizeof(b->observers[0]));
+            b->observer_count--;
+            return;
+        }
+    }
 }
 
 void

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "broker/listener_spec.h"
 #include "broker/metrics.h"
 #include "common/status.h"
 
@@ -22,8 +23,9 @@ struct auth;
 struct acl;
 
 struct broker_config {
-    const char *const *listen; /* "HOST:PORT", "[v6]:PORT" or "tcp://HOST:PORT" */
+    const char *const *listen; /* listener URLs: see broker/listener_spec.h */
     size_t listen_count;
+    struct listener_options listener_defaults; /* PROXY and TLS options of every listener */
     const char *node_id;
     bool allow_anonymous;
     uint32_t max_packet_size;     /* bytes; incoming packets above it close the connection */
@@ -102,6 +104,35 @@ struct broker_publish_info {
     bool dup;
 };
 
+/* A message being routed, as the forwarder sees it (borrowed for the call). */
+struct broker_message {
+    const char *topic; /* not NUL-terminated */
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint8_t qos;
+    bool retain;
+};
+
+/* What happened to a persistent session. */
+enum broker_session_change {
+    SESSION_SUBSCRIBED,   /* filter, qos */
+    SESSION_UNSUBSCRIBED, /* filter */
+    SESSION_ONLINE,       /* a connection attached (its messages go out from memory) */
+    SESSION_OFFLINE,      /* the connection ended; the session stays */
+    SESSION_QUEUED,       /* message kept for it while offline */
+    SESSION_ENDED,        /* discarded (a clean-session CONNECT) */
+};
+
+struct broker_session_event {
+    enum broker_session_change change;
+    const char *client_id;
+    const char *filter; /* SUBSCRIBED, UNSUBSCRIBED; not NUL-terminated */
+    size_t filter_len;
+    uint8_t qos;        /* SUBSCRIBED; QUEUED: the QoS it will go out at */
+    const struct broker_message *message; /* QUEUED */
+};
+
 /* Read-only listeners on a broker loop (commands, stream bridges); every
  * callback is optional and runs on the loop thread. They must not close
  * connections from inside a callback.
@@ -117,13 +148,39 @@ struct broker_observer {
                          enum close_reason reason);
     void (*published)(void *ctx, const struct broker_publish_info *msg);
     void (*acked)(void *ctx, uint64_t channel, uint64_t tag);
+    /* filter_changed: the node's first subscription to a filter was made
+     * (present) or its last one went (the cluster's route table). */
+    void (*filter_changed)(void *ctx, const char *filter, size_t len, bool present);
+    /* session: a change to a persistent (clean session 0) session, for
+     * keeping it where another node can recover it. */
+    void (*session)(void *ctx, const struct broker_session_event *ev);
 };
 
-#define BROKER_MAX_OBSERVERS 4
+#define BROKER_MAX_OBSERVERS 8
 
-/* Adds an observer (borrowed; it must outlive the broker). RMQ_LIMIT beyond
- * BROKER_MAX_OBSERVERS. Start-up only. */
+/* The forwarder (cluster layer) sees every message routed on this loop that
+ * did not come from another node: client publishes, wills, API and $SYS
+ * publications. fn NULL removes it. Loop thread. */
+void broker_set_forwarder(struct broker *broker,
+                          void (*fn)(void *ctx, const struct broker_message *m), void *ctx);
+
+/* Back-pressure from the forwarder: pause reading from the client whose
+ * PUBLISH is being routed now (no-op outside a client's publish), and
+ * resume every client paused that way. Loop thread. */
+void broker_forward_pause(struct broker *broker);
+void broker_forward_resume(struct broker *broker);
+
+/* Calls fn for every distinct filter with at least one subscription here. */
+void broker_foreach_filter(struct broker *broker,
+                           void (*fn)(void *arg, const char *filter, size_t len), void *arg);
+
+/* Adds an observer (borrowed; it must stay valid until removed or the
+ * broker is freed). RMQ_LIMIT beyond BROKER_MAX_OBSERVERS. Start-up only. */
 enum rmq_status broker_add_observer(struct broker *broker, const struct broker_observer *obs);
+
+/* Removes an observer (before freeing it while the broker lives on).
+ * NULL-safe broker; unknown observers are ignored. */
+void broker_remove_observer(struct broker *broker, const struct broker_observer *obs);
 
 /* Creates a broker on base and binds every listener. Borrows cfg and base,
  * which must outlive the broker. NULL on failure (logged). */
@@ -173,6 +230,12 @@ void broker_close_all(struct broker *broker);
 
 /* Stops accepting new connections (for shutdown). */
 void broker_stop_listening(struct broker *broker);
+
+/* Loads every TLS listener's certificate, key and CA files again (SIGHUP):
+ * new connections get the new ones, open connections keep theirs. A
+ * listener whose files fail to load keeps its old ones (logged). Returns the
+ * number of listeners that failed. */
+size_t broker_reload_tls(struct broker *broker);
 
 /* Copies the broker's counters. */
 void broker_metrics_get(const struct broker *broker, struct broker_metrics *out);

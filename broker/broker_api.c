@@ -258,6 +258,54 @@ broker_api_gauges(struct broker *b, struct broker_gauges *out)
     };
 }
 
+enum rmq_status
+broker_api_route_remote(struct broker *b, const char *topic, size_t topic_len, const void *payload,
+                        size_t payload_len, uint8_t qos, bool retain, bool *backed_up)
+{
+    *backed_up = false;
+    if (!message_valid(topic, topic_len, payload_len, qos))
+        return RMQ_INVALID;
+    broker_refresh_clock(b);
+    b->metrics.messages_from_peers++;
+    struct route r = {
+        .topic = topic,
+        .topic_len = (uint16_t)topic_len,
+        .payload = payload,
+        .payload_len = (uint32_t)payload_len,
+        .qos = qos,
+        .retain = retain,
+    };
+    b->from_peer = true;
+    broker_route(b, &r);
+    b->from_peer = false;
+    /* A connected subscriber half way to its queue bound: the sender
+     * should wait, as a local publisher would be paused. */
+    uint32_t max = b->cfg->max_queued_messages;
+    uint32_t high = max > 1 ? max / 2 : 1;
+    for (size_t i = 0; qos > 0 && b->cfg->backpressure_timeout_ms && i < b->matched_count; i++) {
+        const struct session *s = b->matched[i];
+        if (s->conn && s->queue_len >= high)
+            *backed_up = true;
+    }
+    return RMQ_OK;
+}
+
+enum rmq_status
+broker_api_retain_load(struct broker *b, const char *topic, size_t topic_len, const void *payload,
+                       size_t payload_len, uint8_t qos)
+{
+    if (!message_valid(topic, topic_len, payload_len, qos) || payload_len == 0)
+        return RMQ_INVALID;
+    broker_refresh_clock(b);
+    struct message *msg = message_new(topic, (uint16_t)topic_len, payload, (uint32_t)payload_len,
+                                      qos, true, broker_now(b));
+    if (!msg)
+        return RMQ_NOMEM;
+    retain_set(b->retained, msg);
+    message_unref(msg);
+    return RMQ_OK;
+}
+
 struct timer_wheel *
 broker_api_wheel(struct broker *b)
 {

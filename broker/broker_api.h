@@ -16,6 +16,7 @@
 #include "common/status.h"
 
 struct broker;
+struct broker_message;
 struct timer_wheel;
 
 /* Levels of the broker the metrics report besides its counters. */
@@ -68,6 +69,49 @@ enum rmq_status broker_api_deliver(struct broker *b, uint64_t channel, const cha
                                    uint8_t qos, bool retain, uint64_t tag);
 
 void broker_api_gauges(struct broker *b, struct broker_gauges *out);
+
+/* Routes a message another node forwarded: to local subscribers only (it
+ * is not forwarded again); a retained one updates the local store. Counted
+ * as received from a peer. *backed_up tells whether a connected QoS 1/2
+ * subscriber's queue is past the mark where local publishers are paused:
+ * the caller should wait (up to --backpressure-timeout) before routing
+ * more. RMQ_INVALID as broker_api_publish. */
+enum rmq_status broker_api_route_remote(struct broker *b, const char *topic, size_t topic_len,
+                                        const void *payload, size_t payload_len, uint8_t qos,
+                                        bool retain, bool *backed_up);
+
+/* ---- persistent sessions moving between nodes ---- */
+
+/* Walks the session of client_id: fn_sub for each subscription, fn_msg for
+ * each message it still owes the client (unacknowledged ones first, then
+ * the queue), at the QoS it will go out at; either may be NULL.
+ * RMQ_NOT_FOUND without a persistent session here. */
+enum rmq_status broker_api_session_walk(struct broker *b, const char *client_id,
+                                        void (*fn_sub)(void *arg, const char *filter,
+                                                       size_t len, uint8_t qos),
+                                        void (*fn_msg)(void *arg, const struct broker_message *m),
+                                        void *arg);
+
+/* Gives the session up to another node: closes its connection if it has
+ * one (as a takeover) and frees it without telling observers it ended.
+ * RMQ_NOT_FOUND if there is none. */
+enum rmq_status broker_api_session_release(struct broker *b, const char *client_id);
+
+/* Creates (replacing any local one) an offline persistent session with
+ * these subscriptions and queued messages, as recovered from another node
+ * or from Redis; a CONNECT with clean session 0 then continues it. */
+enum rmq_status broker_api_session_import(struct broker *b, const char *client_id,
+                                          const char *const *filters, const size_t *filter_lens,
+                                          const uint8_t *qos, size_t sub_count,
+                                          const struct broker_message *msgs, size_t msg_count);
+
+/* True if a persistent session for client_id is held here. */
+bool broker_api_has_persistent_session(struct broker *b, const char *client_id);
+
+/* Puts a retained message into the local store without routing it (the
+ * cluster loading the retained messages kept in Redis). */
+enum rmq_status broker_api_retain_load(struct broker *b, const char *topic, size_t topic_len,
+                                       const void *payload, size_t payload_len, uint8_t qos);
 
 /* The loop's timer wheel and its clock (monotonic ms, as of the current
  * callback): other layers on this loop schedule their timers there. */

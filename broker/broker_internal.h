@@ -9,12 +9,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "broker/broker.h"
+#include "broker/listener_spec.h"
 #include "broker/message.h"
 #include "broker/metrics.h"
 #include "broker/outq.h"
 #include "broker/packet_codec.h"
+#include "broker/websocket.h"
 #include "common/timer_wheel.h"
 
 struct hashmap;
@@ -23,11 +26,18 @@ struct retain_store;
 struct evconnlistener;
 struct session;
 struct inbox;
+struct ssl_ctx_st;
+struct tls_conn;
 
 #define BROKER_READ_BUFFER (64u * 1024u)
 
 
+/* Before CONN_AWAIT_CONNECT come the transport's own set-up steps; each
+ * is skipped when the listener does not use it. */
 enum conn_state {
+    CONN_PROXY_HEADER,  /* reading the load balancer's PROXY header */
+    CONN_TLS_HANDSHAKE, /* TLS handshake in progress */
+    CONN_WS_HANDSHAKE,  /* reading the WebSocket upgrade request */
     CONN_AWAIT_CONNECT,
     CONN_CLAIMING, /* CONNECT accepted locally, waiting for the cluster's claim */
     CONN_ACTIVE,
@@ -45,8 +55,13 @@ struct conn {
     bool want_write;          /* EV_WRITE armed */
     bool paused;              /* reading stopped while a claim is pending */
     struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
+    bool forward_paused;          /* reading stopped: the forwarder's buffer is full */
     struct conn *throttle_next;   /* in throttled_by->throttled */
     bool dispatching;         /* inside process(): input must not be re-entered */
+    uint8_t proxy_accept;     /* PROXY_PROTO_ACCEPT_* versions, in CONN_PROXY_HEADER */
+    bool use_identity;        /* the TLS client certificate's CN is the username */
+    struct tls_conn *tls;     /* NULL on plain TCP */
+    struct ws_conn *ws;       /* NULL unless a WebSocket listener */
     uint16_t keepalive;       /* seconds */
     uint64_t last_rx_ms;
     uint64_t channel;         /* unique per connection on this node */
@@ -66,6 +81,13 @@ struct conn {
     struct conn *dirty_next;
     struct conn *prev, *next; /* all connections of the broker */
     char peer[56];            /* "ip:port" for logs */
+};
+
+/* A WebSocket connection's state (transport.c). */
+struct ws_conn {
+    struct ws_decoder dec;
+    bool sent_close; /* our close frame is queued */
+    char path[];     /* the listener's endpoint */
 };
 
 /* A claim in progress: what finishing the CONNECT needs, and enough of the
@@ -126,6 +148,7 @@ struct session {
     struct session *throttling_prev, *throttling_next; /* in broker->throttling */
     uint64_t throttled_since_ms;
     bool stalled; /* paused publishers too long: overflow is dropped until it drains */
+    bool leaving; /* handed to another node: its end is not an end */
 
     uint16_t *qos2_in; /* packet ids of QoS 2 publishes received, awaiting PUBREL */
     uint16_t qos2_in_count, qos2_in_cap;
@@ -153,6 +176,8 @@ struct listener_slot {
     struct evconnlistener *lev;
     struct event *resume; /* re-enables accept after EMFILE */
     char *address;
+    struct listener_spec spec;
+    struct ssl_ctx_st *tls_ctx; /* TLS listeners: the context new connections get */
 };
 
 struct broker {
@@ -171,6 +196,11 @@ struct broker {
     const struct broker_hooks *hooks; /* NULL: standalone */
     const struct broker_observer *observers[BROKER_MAX_OBSERVERS];
     size_t observer_count;
+    void (*forward)(void *ctx, const struct broker_message *m); /* NULL: standalone */
+    void *forward_ctx;
+    bool from_peer;            /* routing a message another node forwarded */
+    struct hashmap *filter_refs; /* filter -> subscriptions to it (as a uintptr_t) */
+    size_t forward_paused;       /* connections paused for the forwarder (an upper bound) */
 
     struct conn *conns; /* every connection */
     struct conn *dirty; /* connections with output to flush */
@@ -200,13 +230,48 @@ broker_now(struct broker *b)
 
 void broker_refresh_clock(struct broker *b);
 
+/* ---- session_transfer.c: persistent sessions as the cluster sees them ---- */
+
+/* Tells observers about a change to persistent session s (no-op for a
+ * clean session or one being handed to another node). */
+void session_notify(struct broker *b, const struct session *s, enum broker_session_change change,
+                    const char *filter, size_t filter_len, uint8_t qos,
+                    const struct message *msg);
+
+/* ---- broker_routes.c: subscriptions as the cluster sees them ---- */
+
+/* topic_tree_subscribe/unsubscribe on b->subs, keeping the count of
+ * subscriptions per filter and telling observers when a filter appears or
+ * goes. Same contracts as the topic_tree functions. */
+enum rmq_status broker_subscribe(struct broker *b, const char *filter, size_t len, void *s,
+                                 uint8_t qos, bool *replaced);
+enum rmq_status broker_unsubscribe(struct broker *b, const char *filter, size_t len, void *s);
+
+/* Hands a message routed here to the forwarder (unless it came from a peer). */
+void broker_forward(struct broker *b, const struct route *r);
+
 /* ---- connection.c ---- */
 
-/* Takes ownership of fd (non-blocking) and starts reading. */
-void conn_accept(struct broker *b, int fd, const char *peer);
+/* Takes ownership of fd (non-blocking) accepted on listener l and starts
+ * reading: the PROXY header and TLS handshake first when l has them. */
+void conn_accept(struct broker *b, int fd, const char *peer, const struct listener_slot *l);
 
 /* Appends bytes to the output; the flush happens once per loop iteration. */
 enum rmq_status conn_write(struct conn *c, const void *data, size_t len);
+
+/* Appends bytes as they are, outside any WebSocket frame (handshake
+ * answers, control frames). */
+enum rmq_status conn_write_raw(struct conn *c, const void *data, size_t len);
+
+/* One read from the socket, or from the TLS session over it, as read(2). */
+ssize_t conn_recv(struct conn *c, void *buf, size_t len);
+
+/* Keeps len bytes of MQTT input in c->in (which must be empty) for the
+ * next read to run. False if out of memory: c was closed. */
+bool conn_keep_input(struct conn *c, const uint8_t *buf, size_t len);
+
+/* Arms EV_READ/EV_WRITE from the connection's state. */
+void conn_update_events(struct conn *c);
 
 /* Reserves n bytes at the end of the output and returns them to fill. */
 uint8_t *conn_reserve(struct conn *c, size_t n);
@@ -239,6 +304,28 @@ void session_check_stalls(struct broker *b);
 
 /* Fills info from a connected (or claiming) connection. */
 void conn_client_info(const struct conn *c, struct broker_client_info *info);
+
+/* ---- transport.c: PROXY header, TLS and WebSocket handshakes, frames ---- */
+
+/* Runs the set-up step of c's state (before CONN_AWAIT_CONNECT); may
+ * close c. */
+void conn_setup_step(struct conn *c);
+
+/* connect-timeout struck during set-up: logs, counts, closes c. */
+void conn_setup_timeout(struct conn *c);
+
+/* A WebSocket state for a listener serving path; NULL if out of memory. */
+struct ws_conn *ws_conn_new(const char *path);
+
+/* Decodes WebSocket input in place, answers pings; returns the MQTT bytes
+ * now at buf[0..n), or -1 after a protocol error (c was closed). */
+ssize_t conn_ws_input(struct conn *c, uint8_t *buf, size_t len);
+
+/* If the client sent a close frame: echoes it, closes c, returns true. */
+bool conn_ws_peer_closed(struct conn *c);
+
+/* Queues a close frame with code, once. */
+void conn_ws_close_frame(struct conn *c, uint16_t code);
 
 /* ---- handlers (handle_*.c): one per packet type family ---- */
 

@@ -13,6 +13,14 @@
  * blocked by the kernel arms EV_WRITE; output above max-output-buffer also
  * stops reading from that client until it drains (back-pressure).
  *
+ * Set-up: a listener with the PROXY protocol on first takes the load
+ * balancer's header off the socket (peeked, then exactly its bytes read, so
+ * what follows stays for TLS or MQTT) and adopts the client address it
+ * carries; a TLS listener then runs the handshake. Both are bounded by the
+ * connect timeout, refusals are logged and counted. Over TLS the same
+ * reading and writing code runs with tls_conn_read/tls_conn_write in place
+ * of read(2)/sendmsg(2); plain connections take no other path.
+ *
  * Loop thread only. conn_close() frees the connection at once: callers must
  * not touch it afterwards. */
 #include <errno.h>
@@ -23,7 +31,10 @@
 #include <unistd.h>
 
 #include "broker/broker_internal.h"
+#include "broker/proxy_proto.h"
 #include "broker/retain.h"
+#include "broker/tls.h"
+#include "broker/websocket.h"
 #include "common/hashmap.h"
 #include "common/log.h"
 
@@ -53,6 +64,14 @@ close_reason_name(enum close_reason reason)
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static void conn_on_timer(struct timer_entry *entry, uint64_t now_ms);
 
+/* Input received but not yet run: bytes kept in c->in, or plaintext (or
+ * the stream's end) waiting inside the TLS session. */
+static bool
+input_waiting(const struct conn *c)
+{
+    return c->in_len || (c->tls && tls_conn_pending(c->tls));
+}
+
 static void
 conn_set_events(struct conn *c, bool want_read, bool want_write)
 {
@@ -62,7 +81,7 @@ conn_set_events(struct conn *c, bool want_read, bool want_write)
     event_del(&c->ev); /* also drops a pending event_active() */
     event_assign(&c->ev, c->broker->base, c->fd, flags, conn_on_event, c);
     event_add(&c->ev, NULL);
-    if (want_read && c->in_len && !c->dispatching)
+    if (want_read && input_waiting(c) && !c->dispatching)
         event_active(&c->ev, EV_READ, 1); /* kept input still waits to be run */
 }
 
@@ -73,12 +92,18 @@ out_pending(const struct conn *c)
 }
 
 /* Reads resume only once the output has drained below the limit. */
-static void
+void
 conn_update_events(struct conn *c)
 {
     bool blocked = out_pending(c) > 0 && c->want_write;
     bool over = out_pending(c) > c->broker->cfg->max_output_buffer;
-    conn_set_events(c, !over && !c->paused && !c->throttled_by, blocked);
+    bool reading = !over && !c->paused && !c->throttled_by;
+    if (c->tls) {
+        /* TLS may need the socket's other direction to go on. */
+        blocked = blocked || (reading && tls_conn_wants_write(c->tls));
+        reading = reading || (out_pending(c) > 0 && tls_conn_wants_read(c->tls));
+    }
+    conn_set_events(c, reading, blocked);
 }
 
 void
@@ -134,9 +159,15 @@ conn_client_info(const struct conn *c, struct broker_client_info *info)
 }
 
 void
-conn_accept(struct broker *b, int fd, const char *peer)
+conn_accept(struct broker *b, int fd, const char *peer, const struct listener_slot *l)
 {
     struct conn *c = calloc(1, sizeof(*c));
+    if (c && ((l->tls_ctx && !(c->tls = tls_conn_new(l->tls_ctx, fd))) ||
+              (l->spec.ws && !(c->ws = ws_conn_new(l->spec.path))))) {
+        tls_conn_free(c->tls);
+        free(c);
+        c = NULL;
+    }
     if (!c) {
         log_error("out of memory accepting %s", peer);
         close(fd);
@@ -144,7 +175,12 @@ conn_accept(struct broker *b, int fd, const char *peer)
     }
     c->broker = b;
     c->fd = fd;
-    c->state = CONN_AWAIT_CONNECT;
+    c->state = l->spec.proxy ? CONN_PROXY_HEADER
+               : c->tls      ? CONN_TLS_HANDSHAKE
+               : c->ws       ? CONN_WS_HANDSHAKE
+                             : CONN_AWAIT_CONNECT;
+    c->proxy_accept = (uint8_t)l->spec.proxy;
+    c->use_identity = c->tls && l->spec.tls_cfg.use_identity_as_username;
     c->channel = ++b->next_channel;
     c->last_rx_ms = broker_now(b);
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
@@ -152,7 +188,9 @@ conn_accept(struct broker *b, int fd, const char *peer)
     event_assign(&c->ev, b->base, fd, EV_READ | EV_PERSIST, conn_on_event, c);
     if (event_add(&c->ev, NULL) != 0) {
         log_error("cannot watch connection from %s", peer);
+        tls_conn_free(c->tls);
         close(fd);
+        free(c->ws);
         free(c);
         return;
     }
@@ -182,6 +220,17 @@ mark_dirty(struct conn *c)
 uint8_t *
 conn_reserve(struct conn *c, size_t n)
 {
+    if (c->ws) {
+        /* Each piece of output is one binary frame: MQTT packets may span
+         * frames, and a frame never holds half a piece. */
+        size_t h = ws_frame_header_size(n);
+        uint8_t *p = outq_reserve(&c->out, h + n);
+        if (!p)
+            return NULL;
+        ws_frame_header(p, WS_OP_BINARY, n);
+        mark_dirty(c);
+        return p + h;
+    }
     uint8_t *p = outq_reserve(&c->out, n);
     if (p)
         mark_dirty(c);
@@ -189,8 +238,27 @@ conn_reserve(struct conn *c, size_t n)
 }
 
 enum rmq_status
+conn_write_raw(struct conn *c, const void *data, size_t len)
+{
+    uint8_t *p = outq_reserve(&c->out, len);
+    if (!p)
+        return RMQ_NOMEM;
+    memcpy(p, data, len);
+    mark_dirty(c);
+    return RMQ_OK;
+}
+
+enum rmq_status
 conn_write_ref(struct conn *c, struct message *msg)
 {
+    if (c->ws) {
+        /* session.c copies payloads for WebSocket clients; a reference
+         * would still need a frame of its own. */
+        uint8_t h[WS_HEADER_MAX];
+        size_t n = ws_frame_header(h, WS_OP_BINARY, msg->payload_len);
+        if (outq_ref_room(&c->out) != RMQ_OK || conn_write_raw(c, h, n) != RMQ_OK)
+            return RMQ_NOMEM;
+    }
     enum rmq_status st = outq_add_ref(&c->out, msg);
     if (st == RMQ_OK)
         mark_dirty(c);
@@ -212,11 +280,13 @@ static enum rmq_status
 conn_flush(struct conn *c)
 {
     size_t written;
-    enum rmq_status st = outq_write(&c->out, c->fd, &written);
+    enum rmq_status st = c->tls ? tls_conn_write(c->tls, &c->out, &written)
+                                : outq_write(&c->out, c->fd, &written);
     c->broker->metrics.bytes_sent += written;
     if (st == RMQ_IO)
         return RMQ_IO;
-    c->want_write = st == RMQ_AGAIN;
+    /* A TLS write that waits for input is woken by EV_READ, not EV_WRITE. */
+    c->want_write = st == RMQ_AGAIN && !(c->tls && tls_conn_wants_read(c->tls));
     conn_update_events(c);
     return RMQ_OK;
 }
@@ -278,6 +348,8 @@ detach_session(struct broker *b, struct conn *c)
     if (s->clean) {
         hashmap_remove(b->sessions, s->client_id, s->client_id_len);
         session_free(b, s);
+    } else {
+        session_notify(b, s, SESSION_OFFLINE, NULL, 0, 0, NULL);
     }
 }
 
@@ -311,10 +383,19 @@ conn_close(struct conn *c, enum close_reason reason)
     bool was_active = c->state == CONN_ACTIVE;
     release_claim(b, c, reason);
     unthrottle_one(c);
+    /* A WebSocket client is told goodbye, and one that said it first gets
+     * its close frame back. */
+    bool ws_close = c->ws && c->state >= CONN_AWAIT_CONNECT &&
+                    (reason != CLOSE_SOCKET_ERROR || c->ws->dec.closed);
+    if (ws_close)
+        conn_ws_close_frame(c, reason == CLOSE_SHUTDOWN ? 1001 : WS_CLOSE_NORMAL);
     /* Best effort for a last CONNACK or similar; never wait. */
-    if (out_pending(c) > 0 && reason != CLOSE_SOCKET_ERROR) {
+    if (out_pending(c) > 0 && (reason != CLOSE_SOCKET_ERROR || ws_close)) {
         size_t n;
-        outq_write(&c->out, c->fd, &n);
+        if (c->tls)
+            tls_conn_write(c->tls, &c->out, &n);
+        else
+            outq_write(&c->out, c->fd, &n);
     }
     detach_session(b, c);
     struct message *will = c->will;
@@ -322,6 +403,7 @@ conn_close(struct conn *c, enum close_reason reason)
 
     timer_entry_cancel(&c->timer);
     event_del(&c->ev);
+    tls_conn_free(c->tls); /* close_notify, before the socket goes */
     close(c->fd);
     unlink_dirty(c);
     if (c->prev)
@@ -335,6 +417,7 @@ conn_close(struct conn *c, enum close_reason reason)
     free(c->in);
     outq_clear(&c->out);
     free(c->username);
+    free(c->ws);
     free(c);
 
     /* After the session is detached, so a persistent session of the same
@@ -439,9 +522,8 @@ reject_packet(struct conn *c, enum rmq_status st, const uint8_t *buf, size_t len
     return false;
 }
 
-/* Keeps bytes that arrived behind a CONNECT whose claim is pending. */
-static bool
-keep_input(struct conn *c, const uint8_t *buf, size_t len)
+bool
+conn_keep_input(struct conn *c, const uint8_t *buf, size_t len)
 {
     if (len == 0)
         return true;
@@ -504,10 +586,25 @@ process(struct conn *c, const uint8_t *buf, size_t len)
         if (!dispatch(c, &p))
             return false;
         c->dispatching = false;
-        if (c->state == CONN_CLAIMING || c->throttled_by)
-            return keep_input(c, buf + off, len - off);
+        if (c->state == CONN_CLAIMING || c->throttled_by || c->forward_paused)
+            return conn_keep_input(c, buf + off, len - off);
     }
     return true;
+}
+
+ssize_t
+conn_recv(struct conn *c, void *buf, size_t len)
+{
+    return c->tls ? tls_conn_read(c->tls, buf, len) : read(c->fd, buf, len);
+}
+
+/* After a TLS read: what the session already holds raises no socket event,
+ * so come back for it. */
+static void
+tls_read_again_if_buffered(struct conn *c)
+{
+    if (tls_conn_pending(c->tls) && !c->paused && !c->throttled_by)
+        event_active(&c->ev, EV_READ, 1);
 }
 
 /* Gathers a packet too large for the shared buffer in c->in. */
@@ -515,27 +612,40 @@ static void
 read_large(struct conn *c)
 {
     struct broker *b = c->broker;
-    ssize_t n = read(c->fd, c->in + c->in_len, c->in_need - c->in_len);
+    ssize_t n = conn_recv(c, c->in + c->in_len, c->in_need - c->in_len);
     if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            if (c->tls)
+                conn_update_events(c);
             return;
+        }
         b->metrics.socket_errors++;
         conn_close(c, CLOSE_SOCKET_ERROR);
         return;
     }
+    if (c->ws && (n = conn_ws_input(c, c->in + c->in_len, (size_t)n)) < 0)
+        return;
     b->metrics.bytes_received += (uint64_t)n;
     c->last_rx_ms = broker_now(b);
     c->in_len += (uint32_t)n;
-    if (c->in_len < c->in_need)
+    if (c->in_len < c->in_need) {
+        if (c->ws && conn_ws_peer_closed(c))
+            return;
+        if (c->tls)
+            tls_read_again_if_buffered(c);
         return;
+    }
     uint8_t *in = c->in;
     size_t len = c->in_len;
     c->in = NULL;
     c->in_len = c->in_cap = c->in_need = 0;
     bool open = process(c, in, len);
     free(in);
-    if (open)
-        conn_update_events(c);
+    if (!open || (c->ws && conn_ws_peer_closed(c)))
+        return;
+    conn_update_events(c);
+    if (c->tls)
+        tls_read_again_if_buffered(c);
 }
 
 static void
@@ -552,10 +662,13 @@ conn_on_read(struct conn *c)
         memcpy(buf, c->in, have);
     ssize_t n = 0;
     if (have < BROKER_READ_BUFFER) {
-        n = read(c->fd, buf + have, BROKER_READ_BUFFER - have);
+        n = conn_recv(c, buf + have, BROKER_READ_BUFFER - have);
         bool again = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
-        if (again && !have)
+        if (again && !have) {
+            if (c->tls)
+                conn_update_events(c); /* the session may wait for POLLOUT */
             return;
+        }
         if (again) {
             n = 0; /* nothing new: run what was kept while paused */
         } else if (n <= 0) {
@@ -566,13 +679,20 @@ conn_on_read(struct conn *c)
             return;
         }
     }
+    /* WebSocket: the frames' payload, in place, is the MQTT input. */
+    if (c->ws && n > 0 && (n = conn_ws_input(c, buf + have, (size_t)n)) < 0)
+        return;
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = c->in_need = 0;
     b->metrics.bytes_received += (uint64_t)n;
     c->last_rx_ms = broker_now(b);
-    if (process(c, buf, have + (size_t)n) && c->state == CONN_ACTIVE)
+    if (!process(c, buf, have + (size_t)n) || (c->ws && conn_ws_peer_closed(c)))
+        return;
+    if (c->state == CONN_ACTIVE || c->tls)
         conn_update_events(c);
+    if (c->tls)
+        tls_read_again_if_buffered(c);
 }
 
 void
@@ -582,8 +702,25 @@ conn_resume_input(struct conn *c)
     conn_update_events(c);
     /* Packets kept while paused run from the loop, never from inside
      * another connection's processing (the read buffer is shared). */
-    if (c->in_len && !c->throttled_by)
+    if (input_waiting(c) && !c->throttled_by)
         event_active(&c->ev, EV_READ, 1);
+}
+
+/* TLS can need the socket's other direction: a read that waits for it to
+ * be writable, a write that waits for it to be readable. Turns readiness
+ * into the operation waiting for it. */
+static short
+tls_directions(const struct conn *c, short what)
+{
+    short out = what;
+    if ((what & EV_WRITE) && tls_conn_wants_write(c->tls))
+        out |= EV_READ;
+    if ((what & EV_READ) && tls_conn_wants_read(c->tls)) {
+        out |= EV_WRITE;
+        if (out_pending(c) > c->broker->cfg->max_output_buffer)
+            out &= ~EV_READ; /* armed for the write only: back-pressure holds */
+    }
+    return out;
 }
 
 static void
@@ -592,6 +729,12 @@ conn_on_event(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     struct broker *b = c->broker;
     broker_refresh_clock(b);
+    if (c->state < CONN_AWAIT_CONNECT) {
+        conn_setup_step(c);
+        return;
+    }
+    if (c->tls)
+        what = tls_directions(c, what);
     if (what & EV_WRITE) {
         unlink_dirty(c);
         if (conn_flush(c) != RMQ_OK) {
@@ -610,6 +753,10 @@ conn_on_timer(struct timer_entry *entry, uint64_t now_ms)
     struct conn *c = (struct conn *)((char *)entry - offsetof(struct conn, timer));
     struct broker *b = c->broker;
     if (c->state != CONN_ACTIVE) {
+        if (c->state < CONN_AWAIT_CONNECT) {
+            conn_setup_timeout(c);
+            return;
+        }
         log_info("%s: not connected within %llu ms, closing", c->peer,
                  (unsigned long long)b->cfg->connect_timeout_ms);
         b->metrics.connect_timeouts++;

@@ -62,16 +62,17 @@ authenticate(const struct broker *b, const struct mqtt_connect *cn, char *why, s
 
 /* A will is a publish made later on the client's behalf: with an ACL its
  * topic must be writable now, or the will would bypass the ACL (Mosquitto
- * 1.x refuses such a CONNECT the same way). */
+ * 1.x refuses such a CONNECT the same way). name: the username, NULL for an
+ * anonymous client. */
 static bool
-will_allowed(const struct broker *b, const struct mqtt_connect *cn, const char *id, size_t id_len)
+will_allowed(const struct broker *b, const struct mqtt_connect *cn, const char *id, size_t id_len,
+             const char *name, size_t name_len)
 {
     if (!b->cfg->acl || !cn->has_will)
         return true;
     char *cid = strndup(id, id_len);
-    const char *name = (const char *)cn->username.data;
-    char *user = cn->has_username ? strndup(name, cn->username.len) : NULL;
-    bool ok = cid && (user || !cn->has_username) &&
+    char *user = name ? strndup(name, name_len) : NULL;
+    bool ok = cid && (user || !name) &&
               acl_check(b->cfg->acl, cid, user, (const char *)cn->will_topic.data,
                         cn->will_topic.len, ACL_WRITE);
     free(cid);
@@ -157,6 +158,7 @@ finish_connect(struct conn *c, const char *id, size_t id_len, bool clean, uint16
              c->peer, c->protocol_level == MQTT_PROTO_V31 ? "3.1" : "3.1.1", clean,
              (unsigned)keepalive);
     session_resume(b, s);
+    session_notify(b, s, SESSION_ONLINE, NULL, 0, 0, NULL);
     if (b->observer_count > 0) {
         struct broker_client_info info;
         conn_client_info(c, &info);
@@ -186,7 +188,10 @@ start_claim(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t 
         .clean = clean,
         .client_id_len = (uint16_t)id_len,
     };
+    /* After the struct assignment: it may write padding over the start of
+     * the flexible array, so the terminator is set explicitly. */
     memcpy(t->client_id, id, id_len);
+    t->client_id[id_len] = '\0';
     memcpy(t->peer, c->peer, sizeof(t->peer));
     if (c->username && !(t->username = strdup(c->username))) {
         free(t);
@@ -262,17 +267,28 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
         id = idbuf;
     }
     char why[128];
-    uint8_t code = authenticate(b, cn, why, sizeof(why));
-    if (code != MQTT_CONNACK_ACCEPTED)
-        return refuse(c, code, why);
-    if (!will_allowed(b, cn, id, id_len)) {
+    const char *user = cn->has_username ? (const char *)cn->username.data : NULL;
+    size_t user_len = cn->username.len;
+    if (c->use_identity) {
+        /* The TLS layer vouched for the certificate: its CN is the username
+         * and the CONNECT's username and password are not looked at. */
+        if (!c->username)
+            return refuse(c, MQTT_CONNACK_NOT_AUTHORIZED, "no client certificate with a CN");
+        user = c->username;
+        user_len = strlen(c->username);
+    } else {
+        uint8_t code = authenticate(b, cn, why, sizeof(why));
+        if (code != MQTT_CONNACK_ACCEPTED)
+            return refuse(c, code, why);
+    }
+    if (!will_allowed(b, cn, id, id_len, user, user_len)) {
         b->metrics.acl_denied++;
         return refuse(c, MQTT_CONNACK_NOT_AUTHORIZED, "will topic denied by the ACL");
     }
     enum rmq_status st = take_will(c, cn);
     if (st != RMQ_OK)
         return st;
-    if (cn->has_username &&
+    if (!c->use_identity && cn->has_username &&
         !(c->username = strndup((const char *)cn->username.data, cn->username.len)))
         return RMQ_NOMEM;
     if (b->hooks && b->hooks->claim)

@@ -53,13 +53,14 @@ subscribe_one(struct broker *b, struct session *s, const struct mqtt_str *f, uin
         return MQTT_SUBACK_FAILURE;
     }
     bool replaced = false;
-    if (topic_tree_subscribe(b->subs, filter, f->len, s, qos, &replaced) != RMQ_OK)
+    if (broker_subscribe(b, filter, f->len, s, qos, &replaced) != RMQ_OK)
         return MQTT_SUBACK_FAILURE;
     if (session_add_sub(s, filter, f->len, qos, !replaced) != RMQ_OK) {
         if (!replaced) /* keep an existing subscription that was only updated */
-            topic_tree_unsubscribe(b->subs, filter, f->len, s);
+            broker_unsubscribe(b, filter, f->len, s);
         return MQTT_SUBACK_FAILURE;
     }
+    session_notify(b, s, SESSION_SUBSCRIBED, filter, f->len, qos, NULL);
     return qos;
 }
 
@@ -111,8 +112,10 @@ handle_unsubscribe(struct conn *c, const struct mqtt_packet *p)
     struct mqtt_str f;
     uint8_t qos;
     while (mqtt_topic_iter_next(MQTT_UNSUBSCRIBE, &p->u.list, &pos, &f, &qos)) {
-        if (session_remove_sub(s, (const char *)f.data, f.len))
-            topic_tree_unsubscribe(b->subs, (const char *)f.data, f.len, s);
+        if (session_remove_sub(s, (const char *)f.data, f.len)) {
+            broker_unsubscribe(b, (const char *)f.data, f.len, s);
+            session_notify(b, s, SESSION_UNSUBSCRIBED, (const char *)f.data, f.len, 0, NULL);
+        }
     }
     uint8_t out[4];
     return conn_write(c, out, mqtt_encode_ack(out, MQTT_UNSUBACK, p->u.list.packet_id));

@@ -15,6 +15,8 @@
     X(bytes_received, "bytes read from clients")                                             \
     X(bytes_sent, "bytes written to clients")                                                \
     X(messages_received, "PUBLISH packets received from clients")                            \
+    X(messages_from_peers, "messages other nodes forwarded here for local subscribers")       \
+    X(forward_pauses, "publishers paused while the buffer to another node was full")         \
     X(messages_received_qos0, "QoS 0 PUBLISH received")                                      \
     X(messages_received_qos1, "QoS 1 PUBLISH received")                                      \
     X(messages_received_qos2, "QoS 2 PUBLISH received")                                      \
@@ -32,7 +34,10 @@
     X(keepalive_timeouts, "connections closed for silence beyond 1.5 x keepalive")           \
     X(takeovers, "connections closed because the client id connected again")                 \
     X(socket_errors, "connections closed by a socket error or EOF without DISCONNECT")      \
-    X(acl_denied, "publishes and subscriptions refused by the ACL")
+    X(acl_denied, "publishes and subscriptions refused by the ACL")                           \
+    X(proxy_errors, "connections closed for a missing, malformed or late PROXY header")      \
+    X(tls_handshake_errors, "TLS handshakes that failed or did not finish in time")           \
+    X(ws_handshake_errors, "WebSocket handshakes refused or not finished in time")
 
 struct broker_metrics {
 #define BROKER_METRICS_FIELD(name, help) uint64_t name;

@@ -139,6 +139,44 @@ consume(struct outq *q, size_t n)
     }
 }
 
+/* Everything was written: start the buffer over, and let a large one go. */
+static void
+drained(struct outq *q)
+{
+    q->off = q->len = 0;
+    if (q->cap > OUTQ_KEEP_MAX) {
+        free(q->buf);
+        q->buf = NULL;
+        q->cap = 0;
+    }
+}
+
+void
+outq_peek(const struct outq *q, const uint8_t **data, size_t *len)
+{
+    if (q->ref_count) {
+        const struct outq_ref *r = ref_at(q, 0);
+        if (q->off < r->at) {
+            *data = q->buf + q->off;
+            *len = r->at - q->off;
+        } else {
+            *data = r->msg->payload + q->ref_done;
+            *len = r->msg->payload_len - q->ref_done;
+        }
+        return;
+    }
+    *data = q->buf + q->off;
+    *len = q->len - q->off;
+}
+
+void
+outq_consume(struct outq *q, size_t n)
+{
+    consume(q, n);
+    if (outq_pending(q) == 0)
+        drained(q);
+}
+
 enum rmq_status
 outq_write(struct outq *q, int fd, size_t *written)
 {
@@ -159,12 +197,7 @@ outq_write(struct outq *q, int fd, size_t *written)
             return RMQ_AGAIN;
         return RMQ_IO;
     }
-    q->off = q->len = 0;
-    if (q->cap > OUTQ_KEEP_MAX) {
-        free(q->buf);
-        q->buf = NULL;
-        q->cap = 0;
-    }
+    drained(q);
     return RMQ_OK;
 }
 

@@ -57,6 +57,16 @@ enum rmq_status outq_add_ref(struct outq *q, struct message *msg);
  * gets the bytes written. */
 enum rmq_status outq_write(struct outq *q, int fd, size_t *written);
 
+/* The first contiguous piece of the pending output, for writers that take
+ * one buffer at a time (TLS). *len is 0 only when nothing is pending or a
+ * zero-length payload leads (outq_consume(q, 0) drops it). The piece only
+ * grows (appends) until consumed; its address may move. */
+void outq_peek(const struct outq *q, const uint8_t **data, size_t *len);
+
+/* Marks n bytes from the front as written, releasing payloads fully
+ * written; once nothing is pending the buffer is reset as by outq_write. */
+void outq_consume(struct outq *q, size_t n);
+
 /* Drops everything queued and frees the memory. */
 void outq_clear(struct outq *q);
 

@@ -122,9 +122,10 @@ session_free(struct broker *b, struct session *s)
 {
     if (!s)
         return;
+    session_notify(b, s, SESSION_ENDED, NULL, 0, 0, NULL);
     session_unthrottle(b, s);
     for (uint32_t i = 0; i < s->sub_count; i++) {
-        topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
+        broker_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
         free(s->subs[i].filter);
     }
     free(s->subs);
@@ -172,8 +173,10 @@ send_publish(struct conn *c, const char *topic, uint16_t topic_len, struct messa
              const uint8_t *payload, uint32_t payload_len, uint8_t qos, uint16_t packet_id,
              bool dup, bool retain)
 {
-    /* Room for the reference first, so the header never goes out alone. */
-    bool by_ref = msg && payload_len >= OUTQ_REF_MIN && outq_ref_room(&c->out) == RMQ_OK;
+    /* Room for the reference first, so the header never goes out alone.
+     * WebSocket clients get a copy: their output is framed piece by piece. */
+    bool by_ref = msg && payload_len >= OUTQ_REF_MIN && !c->ws &&
+                  outq_ref_room(&c->out) == RMQ_OK;
     size_t total = mqtt_publish_size(qos, topic_len, payload_len);
     size_t body = by_ref ? 0 : payload_len;
     uint8_t *p = conn_reserve(c, total - payload_len + body);
@@ -256,6 +259,8 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
         return;
     }
     *q = (struct queued){.msg = message_ref(msg), .qos = qos, .retain = retain};
+    if (!s->conn)
+        session_notify(b, s, SESSION_QUEUED, NULL, 0, qos, msg);
     if (s->queue_tail)
         s->queue_tail->next = q;
     else

@@ -49,6 +49,9 @@ static const char reap_lua[] =
     "  end\n"
     "end\n"
     "redis.call('DEL', set)\n"
+    /* Its subscriptions: gone from every node's route table. */
+    "redis.call('DEL', p .. 'routes:' .. dead)\n"
+    "redis.call('PUBLISH', p .. 'routes', '!\\t' .. dead)\n"
     "return out\n";
 
 /* Node ids in the node set whose record has expired. */
@@ -226,6 +229,8 @@ on_redis_up(void *ctx)
         reassert_all(cl);
     }
     heartbeat(cl);
+    for (int i = 0; i < cl->up_listener_count; i++)
+        cl->up_listeners[i].fn(cl->up_listeners[i].ctx);
 }
 
 static void
@@ -323,4 +328,21 @@ struct redis_link *
 cluster_redis(struct cluster *cl)
 {
     return cl->redis;
+}
+
+enum rmq_status
+cluster_add_up_listener(struct cluster *cl, void (*fn)(void *ctx), void *ctx)
+{
+    if (cl->up_listener_count == CLUSTER_MAX_UP_LISTENERS)
+        return RMQ_LIMIT;
+    cl->up_listeners[cl->up_listener_count].fn = fn;
+    cl->up_listeners[cl->up_listener_count++].ctx = ctx;
+    return RMQ_OK;
+}
+
+void
+cluster_set_session_prepare(struct cluster *cl, cluster_session_prepare_fn fn, void *ctx)
+{
+    cl->session_prepare = fn;
+    cl->session_ctx = ctx;
 }

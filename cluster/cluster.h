@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/status.h"
+
 struct event_base;
 struct broker;
 struct cluster;
@@ -65,6 +67,21 @@ void cluster_write_metrics(FILE *out, void *arg);
 /* The cluster's Redis link, for other cluster modules on this loop
  * (commands). Valid until cluster_free. */
 struct redis_link *cluster_redis(struct cluster *cluster);
+
+/* Calls fn(ctx) every time the Redis link comes up (scripts loaded),
+ * after the cluster re-registered this node. At most 4; start-up only. */
+enum rmq_status cluster_add_up_listener(struct cluster *cluster, void (*fn)(void *ctx),
+                                        void *ctx);
+
+/* Before CONNACK of a claimed client, the cluster lets the session layer
+ * fetch the client's persistent session (from the node that holds it or
+ * from Redis); it calls done(token) exactly once when the session is
+ * ready, or when there is nothing to fetch. */
+typedef void (*cluster_session_prepare_fn)(void *ctx, const char *client_id, bool clean,
+                                           void (*done)(void *token), void *token);
+
+void cluster_set_session_prepare(struct cluster *cluster, cluster_session_prepare_fn fn,
+                                 void *ctx);
 
 /* True while Redis is reachable (readiness). */
 bool cluster_redis_up(const struct cluster *cluster);

@@ -11,6 +11,7 @@
 #include "cluster/redis_link.h"
 
 #define CLUSTER_KEY_MAX 512
+#define CLUSTER_MAX_UP_LISTENERS 4
 
 struct event;
 
@@ -39,6 +40,13 @@ struct cluster {
     uint64_t remote_takeovers;
     uint64_t events_dropped;
     uint64_t nodes_reaped;
+    struct {
+        void (*fn)(void *ctx);
+        void *ctx;
+    } up_listeners[CLUSTER_MAX_UP_LISTENERS];
+    int up_listener_count;
+    cluster_session_prepare_fn session_prepare;
+    void *session_ctx;
 };
 
 extern const char registry_claim_lua[];

@@ -1029,6 +1029,7 @@ commands_free(struct commands *cm)
     if (!cm)
         return;
     cm->closing = true;
+    broker_remove_observer(cm->broker, &cm->observer);
     /* The Redis link may be gone already: waiting requests just end. */
     while (cm->waiters)
         waiter_answer(cm, cm->waiters, 503,

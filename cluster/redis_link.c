@@ -21,7 +21,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 
-#define MAX_SCRIPTS 16
+#define MAX_SCRIPTS 32
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 
@@ -44,6 +44,9 @@ struct redis_link {
     struct event *retry;
     struct script scripts[MAX_SCRIPTS];
     int script_count;
+    char *channel; /* subscriber links only */
+    redis_link_message_cb on_message;
+    void *message_arg;
     struct redis_link_stats stats;
 };
 
@@ -129,6 +132,8 @@ went_down(struct redis_link *link, const char *why)
     schedule_retry(link);
 }
 
+static void setup_step_done(struct redis_link *link);
+
 static void
 on_setup_reply(redisAsyncContext *ac, void *r, void *arg)
 {
@@ -142,6 +147,29 @@ on_setup_reply(redisAsyncContext *ac, void *r, void *arg)
         redisAsyncDisconnect(ac);
         return;
     }
+    setup_step_done(link);
+}
+
+/* SUBSCRIBE's callback: its confirmation, then every message. */
+static void
+on_subscribed(redisAsyncContext *ac, void *r, void *arg)
+{
+    (void)ac;
+    struct redis_link *link = arg;
+    redisReply *reply = r;
+    if (!reply || link->freeing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = reply->element[0]->str;
+    if (strcmp(kind, "subscribe") == 0)
+        setup_step_done(link);
+    else if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
+        link->on_message(reply->element[2]->str, reply->element[2]->len, link->message_arg);
+}
+
+static void
+setup_step_done(struct redis_link *link)
+{
     if (--link->loading == 0) {
         link->up = true;
         link->backoff_ms = BACKOFF_MIN_MS;
@@ -161,10 +189,12 @@ on_connect(const redisAsyncContext *cac, int status)
         went_down(link, cac->errstr);
         return;
     }
-    link->loading = 1 + link->script_count;
+    link->loading = 1 + link->script_count + (link->channel ? 1 : 0);
     redisAsyncCommand(ac, on_setup_reply, link, "SELECT %d", link->db);
     for (int i = 0; i < link->script_count; i++)
         redisAsyncCommand(ac, on_setup_reply, link, "SCRIPT LOAD %s", link->scripts[i].body);
+    if (link->channel)
+        redisAsyncCommand(ac, on_subscribed, link, "SUBSCRIBE %s", link->channel);
 }
 
 static void
@@ -229,7 +259,21 @@ redis_link_free(struct redis_link *link)
     event_free(link->retry);
     for (int i = 0; i < link->script_count; i++)
         free(link->scripts[i].body);
+    free(link->channel);
     free(link);
+}
+
+enum rmq_status
+redis_link_subscribe(struct redis_link *link, const char *channel, redis_link_message_cb cb,
+                     void *arg)
+{
+    if (link->channel || link->script_count > 0)
+        return RMQ_INVALID;
+    if (!(link->channel = strdup(channel)))
+        return RMQ_NOMEM;
+    link->on_message = cb;
+    link->message_arg = arg;
+    return RMQ_OK;
 }
 
 bool
@@ -292,7 +336,7 @@ enum rmq_status
 redis_link_eval(struct redis_link *link, int script, redis_link_cb cb, void *arg, int nkeys,
                 int argc, const char **argv, const size_t *lens)
 {
-    enum { MAX_ARGS = 64 };
+    enum { MAX_ARGS = 600 };
     const char *av[MAX_ARGS + 3];
     size_t al[MAX_ARGS + 3];
     char nk[16];

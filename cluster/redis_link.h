@@ -50,6 +50,18 @@ bool redis_link_is_up(const struct redis_link *link);
  * loaded at the next reconnect). Returns its index for redis_link_eval. */
 int redis_link_script(struct redis_link *link, const char *body);
 
+/* A subscriber link: message callback, called for every message on the
+ * channel with its bytes (borrowed for the call). */
+typedef void (*redis_link_message_cb)(const char *data, size_t len, void *arg);
+
+/* Makes link a subscriber of one channel (before its first connect
+ * completes; no scripts, no commands on it): SUBSCRIBE is sent at every
+ * (re)connect and "up" reports when it is confirmed. Messages published
+ * while the link was down are lost: the up event is the cue to resync.
+ * RMQ_INVALID if the link already has a channel or scripts. */
+enum rmq_status redis_link_subscribe(struct redis_link *link, const char *channel,
+                                     redis_link_message_cb cb, void *arg);
+
 /* Sends a command built from argv. RMQ_AGAIN if the link is down (cb is
  * not called), RMQ_NOMEM on allocation failure. */
 enum rmq_status redis_link_argv(struct redis_link *link, redis_link_cb cb, void *arg, int argc,

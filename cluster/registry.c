@@ -131,6 +131,7 @@ struct claim_ctx {
     struct cluster *cl;
     struct broker_claim *token; /* NULL for a re-assertion */
     char *client_id, *username, *peer; /* for the online event */
+    bool clean;
     char channel_id[CLUSTER_KEY_MAX];
     char device[];
 };
@@ -144,6 +145,23 @@ claim_ctx_free(struct claim_ctx *x)
     free(x->username);
     free(x->peer);
     free(x);
+}
+
+/* The claim is recorded (and the session, if any, is here): CONNACK. */
+static void
+claim_finish(void *arg)
+{
+    struct claim_ctx *x = arg;
+    struct cluster *cl = x->cl;
+    if (x->token) {
+        broker_claim_done(x->token, true);
+        /* After the takeover closed any older connection, so the stream
+         * reads offline (old) then online (new). */
+        if (!cl->closing)
+            registry_emit_event(cl, "online", x->device, x->client_id, x->username,
+                                cl->cfg->node_id, x->peer, x->channel_id, NULL);
+    }
+    claim_ctx_free(x);
 }
 
 static void
@@ -176,15 +194,13 @@ on_claim_reply(struct redisReply *reply, void *arg)
      * token is left behind (after shutdown the broker only frees it). */
     if (!reply)
         cl->reassert_needed = true;
-    if (x->token) {
-        broker_claim_done(x->token, true);
-        /* After the takeover closed any older connection, so the stream
-         * reads offline (old) then online (new). */
-        if (!cl->closing)
-            registry_emit_event(cl, "online", x->device, x->client_id, x->username,
-                                cl->cfg->node_id, x->peer, x->channel_id, NULL);
+    if (x->token && cl->session_prepare && !cl->closing) {
+        /* The client's persistent session may be on another node, or only
+         * in Redis: bring it here before CONNACK. */
+        cl->session_prepare(cl->session_ctx, x->client_id, x->clean, claim_finish, x);
+        return;
     }
-    claim_ctx_free(x);
+    claim_finish(x);
 }
 
 static enum rmq_status
@@ -237,6 +253,7 @@ claim_ctx_new(struct cluster *cl, struct broker_claim *token, const char *device
     x->client_id = strdup(info->client_id);
     x->username = info->username ? strdup(info->username) : NULL;
     x->peer = strdup(info->peer);
+    x->clean = info->clean_session;
     if (!x->client_id || !x->peer || (info->username && !x->username)) {
         claim_ctx_free(x);
         return NULL;

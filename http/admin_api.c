@@ -498,70 +498,6 @@ run_kick(struct http_job *base)
 /* ---- jobs on the loop: publish, metrics ---- */
 
 static void
-forward_done(const struct peer_result *res, void *arg)
-{
-    char *node = arg;
-    if (res->error != PEER_OK || res->status != 200)
-        log_warn("publish: forwarding to node %s failed: %s (HTTP %d)", node,
-                 peer_error_name(res->error), res->status);
-    free(node);
-}
-
-struct forward {
-    struct admin_api *api;
-    json_t *msg; /* the internal publish body */
-};
-
-/* Sends the message to every other live node's internal API, where it is
- * published to that node's subscribers. Best effort: a node that cannot be
- * reached is logged. */
-static void
-forward_to_nodes(enum rmq_status st, json_t *nodes, void *arg)
-{
-    struct forward *f = arg;
-    size_t i;
-    json_t *n;
-    json_array_foreach(st == RMQ_OK ? nodes : NULL, i, n)
-    {
-        const char *id = json_string_value(json_object_get(n, "node_id"));
-        const char *addr = json_string_value(json_object_get(n, "address"));
-        if (!id || !addr || !json_is_true(json_object_get(n, "alive")) ||
-            strcmp(id, f->api->node_id) == 0)
-            continue;
-        char *tag = strdup(id);
-        if (!tag || peer_client_request(f->api->peers, addr, "POST", "/internal/v1/publish",
-                                        f->msg, forward_done, tag) != RMQ_OK) {
-            log_warn("publish: cannot forward to node %s (%s)", id, addr);
-            free(tag);
-        }
-    }
-    json_decref(nodes);
-    json_decref(f->msg);
-    free(f);
-}
-
-static void
-forward_publish(struct admin_api *api, const struct http_message *m)
-{
-    if (!api->peers || api->dir == &api->local)
-        return;
-    struct forward *f = calloc(1, sizeof(*f));
-    char *b64 = http_base64_encode(m->payload, m->payload_len);
-    if (f && b64)
-        f->msg = json_pack("{s:s%,s:s,s:s,s:i,s:b}", "topic", m->topic, m->topic_len, "payload",
-                           b64, "encoding", "base64", "qos", (int)m->qos, "retain",
-                           (int)m->retain);
-    free(b64);
-    if (!f || !f->msg) {
-        log_warn("publish: out of memory forwarding to other nodes");
-        free(f);
-        return;
-    }
-    f->api = api;
-    api->dir->list_nodes(api->dir->ctx, forward_to_nodes, f);
-}
-
-static void
 run_publish(struct http_job *base)
 {
     struct admin_job *job = (struct admin_job *)base;
@@ -571,7 +507,7 @@ run_publish(struct http_job *base)
         http_job_reply_error(base, 400, "invalid_topic", "the message was refused");
         return;
     }
-    forward_publish(job->api, m);
+    /* In a cluster the broker's forwarder carries it to the other nodes. */
     http_job_reply_json(base, 202,
                         json_pack("{s:s,s:i,s:b,s:I}", "topic", m->topic, "qos", (int)m->qos,
                                   "retain", (int)m->retain, "payload_bytes",

@@ -52,6 +52,8 @@ struct peer_result {
     int status;   /* HTTP status when error is PEER_OK, else 0 */
     json_t *body; /* the answer parsed as JSON, or NULL (not JSON, empty, error);
                    * borrowed: valid during the callback, json_incref to keep */
+    const uint8_t *raw; /* the answer's bytes (any type), NULL if none; borrowed */
+    size_t raw_len;
 };
 
 /* Called exactly once per accepted request, on the loop thread, never from
@@ -71,6 +73,13 @@ void peer_client_free(struct peer_client *pc);
  * RMQ_INVALID (bad address or path) or RMQ_NOMEM: cb will not be called. */
 enum rmq_status peer_client_request(struct peer_client *pc, const char *address, const char *method,
                                     const char *path, json_t *body, peer_client_cb cb, void *arg);
+
+/* As peer_client_request with a body of any type: len bytes of data
+ * (copied) sent as content_type (e.g. "application/octet-stream"). */
+enum rmq_status peer_client_request_raw(struct peer_client *pc, const char *address,
+                                        const char *method, const char *path, const void *data,
+                                        size_t len, const char *content_type, peer_client_cb cb,
+                                        void *arg);
 
 /* Fire-and-forget POST /internal/v1/channels/{channel}/close with
  * {"reason": reason} to the node at addr; a failure is logged (a 404, the

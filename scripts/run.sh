@@ -9,9 +9,11 @@
 #                    127.0.0.1:1883 (MQTT) and 127.0.0.1:8080 (admin API)
 #   --nodes N        cluster size (default 3)
 #   --base-port P    cluster ports from P up: P MQTT and P+1 API (HAProxy),
-#                    P+2 Redis, node i on P+10*i (MQTT), +1 (API), +2 (internal)
+#                    P+2 Redis, node i on P+10*i (MQTT), +1 (API), +2 (internal),
+#                    +3 (MQTT from HAProxy, which sends a PROXY v2 header)
 #                    (default layout: 1883/8080 HAProxy, 6380 Redis, node i on
-#                    1883+i MQTT, 8080+i API, 9000+i internal)
+#                    1883+i MQTT, 8080+i API, 9000+i internal, 2883+i MQTT
+#                    from HAProxy)
 #   --api-key KEY    admin API key of the cluster (default dev-key)
 #   --standalone     one node on 127.0.0.1:1883, anonymous clients, no Redis
 #   --no-build       skip scripts/deps.sh and the build; run $RELAYMQ_BIN
@@ -98,7 +100,7 @@ done
 
 [[ $nodes =~ ^[1-9][0-9]?$ ]] || die "--nodes: 1 to 99, got '$nodes'"
 if [[ -n $base_port ]]; then
-    if ! [[ $base_port =~ ^[0-9]+$ ]] || ((base_port < 1024 || base_port + 10 * nodes + 2 > 65535)); then
+    if ! [[ $base_port =~ ^[0-9]+$ ]] || ((base_port < 1024 || base_port + 10 * nodes + 3 > 65535)); then
         die "--base-port: $base_port leaves no room for $nodes nodes below 65536"
     fi
 elif ((nodes > 9)); then
@@ -253,7 +255,10 @@ run_cluster() {
     [[ -x $binary ]] || die "no relaymq binary at $binary"
 
     local lb_mqtt lb_http redis_port i
-    local mqtt_ports=() http_ports=() int_ports=()
+    # proxy_ports: the listener HAProxy connects to, expecting its PROXY v2
+    # header (send-proxy-v2), so nodes see the clients' own addresses;
+    # mqtt_ports stay plain for direct connections.
+    local mqtt_ports=() http_ports=() int_ports=() proxy_ports=()
     if [[ -n $base_port ]]; then
         lb_mqtt=$base_port
         lb_http=$((base_port + 1))
@@ -262,6 +267,7 @@ run_cluster() {
             mqtt_ports+=($((base_port + 10 * i)))
             http_ports+=($((base_port + 10 * i + 1)))
             int_ports+=($((base_port + 10 * i + 2)))
+            proxy_ports+=($((base_port + 10 * i + 3)))
         done
     else
         lb_mqtt=1883
@@ -271,10 +277,11 @@ run_cluster() {
             mqtt_ports+=($((1883 + i)))
             http_ports+=($((8080 + i)))
             int_ports+=($((9000 + i)))
+            proxy_ports+=($((2883 + i)))
         done
     fi
     local p
-    for p in "$lb_mqtt" "$lb_http" "$redis_port" "${mqtt_ports[@]}" "${http_ports[@]}" "${int_ports[@]}"; do
+    for p in "$lb_mqtt" "$lb_http" "$redis_port" "${mqtt_ports[@]}" "${http_ports[@]}" "${int_ports[@]}" "${proxy_ports[@]}"; do
         port_busy "$p" && die "port $HOST:$p is in use (pick others with --base-port P)"
     done
 
@@ -298,7 +305,9 @@ run_cluster() {
     for ((i = 1; i <= nodes; i++)); do
         start "n$i" "$run_dir/n$i.log" env RELAYMQ_CLUSTER_SECRET="$secret" RELAYMQ_API_KEY="$api_key" \
             "$binary" --node-id "n$i" --allow-anonymous true \
-            --listen "$HOST:${mqtt_ports[i - 1]}" --http "$HOST:${http_ports[i - 1]}" \
+            --listen "$HOST:${mqtt_ports[i - 1]}" \
+            --listen "tcp://$HOST:${proxy_ports[i - 1]}?proxy-protocol=v2" \
+            --http "$HOST:${http_ports[i - 1]}" \
             --internal "$HOST:${int_ports[i - 1]}" --redis "redis://$HOST:$redis_port" \
             "${node_args[@]}"
     done
@@ -344,7 +353,7 @@ backend mqtt_nodes
     http-check expect status 200
 EOF
         for ((i = 1; i <= nodes; i++)); do
-            echo "    server n$i $HOST:${mqtt_ports[i - 1]} check port ${http_ports[i - 1]}"
+            echo "    server n$i $HOST:${proxy_ports[i - 1]} check port ${http_ports[i - 1]} send-proxy-v2"
         done
         cat <<EOF
 
@@ -391,8 +400,9 @@ RelayMQ local cluster: $nodes nodes, Redis, HAProxy (all on $HOST)
   Redis                       redis://$HOST:$redis_port
 EOF
     for ((i = 1; i <= nodes; i++)); do
-        printf '  node n%-2d                   MQTT %s:%d  API %s:%d  internal %s:%d\n' \
-            "$i" "$HOST" "${mqtt_ports[i - 1]}" "$HOST" "${http_ports[i - 1]}" "$HOST" "${int_ports[i - 1]}"
+        printf '  node n%-2d                   MQTT %s:%d  API %s:%d  internal %s:%d  from HAProxy %s:%d (PROXY v2)\n' \
+            "$i" "$HOST" "${mqtt_ports[i - 1]}" "$HOST" "${http_ports[i - 1]}" "$HOST" "${int_ports[i - 1]}" \
+            "$HOST" "${proxy_ports[i - 1]}"
     done
     cat <<EOF
   logs                        $run_dir/*.log

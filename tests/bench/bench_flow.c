@@ -404,7 +404,7 @@ subscriber_open(struct subscriber *s)
     size_t in_cap = (size_t)o->payload + 256;
     in_cap = in_cap * 2 > STREAM_BUF ? in_cap * 2 : STREAM_BUF;
     enum rmq_status st =
-        bconn_open(&s->conn, s->flow->base, &o->addr, in_cap, ACK_BUF, &subscriber_ops, s);
+        bconn_open(&s->conn, s->flow->base, &o->sub_addr, in_cap, ACK_BUF, &subscriber_ops, s);
     if (st != RMQ_OK)
         return st;
     char id[BENCH_CLIENT_ID_MAX];

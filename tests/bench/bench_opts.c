@@ -58,6 +58,8 @@ struct opt_def {
 static const struct opt_def opt_defs[] = {
     {"host", OPT_STR, FIELD(host), 0, 0, "ADDR", "broker address (default 127.0.0.1)"},
     {"port", OPT_U16, FIELD(port), 1, 65535, "PORT", "broker port (default 1883)"},
+    {"sub-port", OPT_U16, FIELD(sub_port), 1, 65535, "PORT",
+     "subscribers connect to this port instead (e.g. another cluster node)"},
     {"protocol", OPT_U8, FIELD(protocol), 3, 4, "3|4", "MQTT 3.1 (MQIsdp) or 3.1.1 (default 4)"},
     {"username", OPT_STR, FIELD(username), 0, 0, "USER", "CONNECT username"},
     {"password", OPT_STR, FIELD(password), 0, 0, "PASS", "CONNECT password"},
@@ -221,6 +223,8 @@ resolve(struct bench_opts *o)
     }
     memcpy(&o->addr, res->ai_addr, sizeof(o->addr));
     o->addr.sin_port = htons(o->port);
+    o->sub_addr = o->addr;
+    o->sub_addr.sin_port = htons(o->sub_port ? o->sub_port : o->port);
     freeaddrinfo(res);
     return true;
 }

@@ -23,7 +23,9 @@ struct bench_opts {
     const char *scenario_name;
     const char *host;
     uint16_t port;
-    struct sockaddr_in addr; /* host:port resolved */
+    uint16_t sub_port;           /* subscribers' port (0 = port): another node of a cluster */
+    struct sockaddr_in addr;     /* host:port resolved */
+    struct sockaddr_in sub_addr; /* host:sub_port resolved */
     uint8_t protocol;        /* 3 = MQTT 3.1, 4 = MQTT 3.1.1 */
     const char *username;    /* NULL = none */
     const char *password;    /* NULL = none */

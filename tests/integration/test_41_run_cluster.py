@@ -2,10 +2,10 @@
 HAProxy on loopback. Starts `scripts/run.sh --binary $RELAYMQ_BIN
 --base-port P` (P: a free block of ports), waits for its ready line, checks
 /readyz and /api/v1/nodes through HAProxy, connects 30 MQTT clients through
-HAProxy and checks through the API that all are registered and spread over
-more than one node, checks a publish on one node's own port reaches a
-subscriber there, then SIGTERMs run.sh: it must exit 0 and leave no process
-of its group behind.
+HAProxy and checks through the API that all are registered with their own
+addresses (HAProxy sends PROXY v2) and spread over more than one node,
+checks a publish on one node's own port reaches a subscriber there, then
+SIGTERMs run.sh: it must exit 0 and leave no process of its group behind.
 
 run.sh runs in its own session, so everything it starts is in the process
 group whose id is its PID; only that group (ours) is ever signalled."""
@@ -37,7 +37,7 @@ READY_TIMEOUT = 90  # sanitizer builds start slower
 def block_free(base):
     ports = [base, base + 1, base + 2]
     for i in range(1, NODES + 1):
-        ports += [base + 10 * i, base + 10 * i + 1, base + 10 * i + 2]
+        ports += [base + 10 * i, base + 10 * i + 1, base + 10 * i + 2, base + 10 * i + 3]
     for p in ports:
         s = socket.socket()
         try:
@@ -51,7 +51,7 @@ def block_free(base):
 
 def pick_base():
     for _ in range(50):
-        base = random.randrange(20000, 30000 - 10 * NODES - 3)
+        base = random.randrange(20000, 30000 - 10 * NODES - 4)
         if block_free(base):
             return base
     raise AssertionError("no free block of ports for the cluster")
@@ -207,12 +207,17 @@ def main():
         for i in range(CLIENTS):
             conns.append(h.raw_connected(run.mqtt, client_id="lb-%02d" % i))
         want = {"lb-%02d" % i for i in range(CLIENTS)}
+        # HAProxy sends PROXY v2: the registry holds each client's own address.
+        want_peer = {"lb-%02d" % i: "%s:%d" % (h.HOST, c.sock.getsockname()[1])
+                     for i, c in enumerate(conns)}
         got = {}
+        peers = {}
 
         def registered():
             got.clear()
-            got.update({c["client_id"]: c["node"] for c in all_clients(run.api)
-                        if c["client_id"] in want})
+            clients = [c for c in all_clients(run.api) if c["client_id"] in want]
+            got.update({c["client_id"]: c["node"] for c in clients})
+            peers.update({c["client_id"]: c.get("peer") for c in clients})
             return len(got) == CLIENTS
         try:
             h.wait_until(registered, 15, what="30 clients registered")
@@ -224,6 +229,7 @@ def main():
         sys.stderr.write("clients per node: %s\n" % per_node)
         h.check(len(per_node) > 1, "all clients on one node: %s" % per_node)
         h.check(set(per_node) <= {"n1", "n2", "n3"}, "unknown nodes: %s" % per_node)
+        h.check_eq(peers, want_peer, "registered peers (client addresses through HAProxy)")
 
     def publish_on_one_node():
         port = run.node_mqtt(2)

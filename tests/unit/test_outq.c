@@ -161,6 +161,55 @@ test_write_error_is_reported(void **state)
     close(sv[0]);
 }
 
+/* The one-buffer-at-a-time writer (TLS): peek gives the pieces in wire
+ * order, each piece only grows while unconsumed, partial consumes work, and
+ * references are released once their payload is consumed. */
+static void
+test_peek_and_consume_in_pieces(void **state)
+{
+    (void)state;
+    struct outq q = {0};
+    struct message *m = payload_message(2000, 'P');
+    const uint8_t *data;
+    size_t len;
+    uint8_t expect[4096], got[4096];
+    size_t elen = 0, glen = 0;
+
+    memcpy(outq_reserve(&q, 3), "abc", 3);
+    outq_peek(&q, &data, &len);
+    assert_int_equal(len, 3);
+    memcpy(outq_reserve(&q, 2), "de", 2); /* the first piece grows */
+    outq_peek(&q, &data, &len);
+    assert_int_equal(len, 5);
+    assert_int_equal(outq_add_ref(&q, m), RMQ_OK);
+    memcpy(outq_reserve(&q, 2), "fg", 2);
+    memcpy(expect, "abcde", 5);
+    memset(expect + 5, 'P', 2000);
+    memcpy(expect + 2005, "fg", 2);
+    elen = 2007;
+    outq_peek(&q, &data, &len);
+    assert_int_equal(len, 5); /* bytes stop where the payload starts */
+    /* Consume in odd steps: 2 bytes, then pieces of at most 333. */
+    memcpy(got, data, 2);
+    outq_consume(&q, 2);
+    glen = 2;
+    while (outq_pending(&q) > 0) {
+        outq_peek(&q, &data, &len);
+        assert_true(len > 0);
+        size_t n = len < 333 ? len : 333;
+        memcpy(got + glen, data, n);
+        glen += n;
+        outq_consume(&q, n);
+    }
+    assert_int_equal(glen, elen);
+    assert_memory_equal(got, expect, elen);
+    assert_int_equal(atomic_load(&m->refs), 1); /* the queue's reference is gone */
+    assert_int_equal(q.off, 0);
+    assert_int_equal(q.len, 0);
+    outq_clear(&q);
+    message_unref(m);
+}
+
 int
 main(void)
 {
@@ -169,6 +218,7 @@ main(void)
         cmocka_unit_test(test_many_refs_across_writev_batches),
         cmocka_unit_test(test_clear_releases_unsent_refs),
         cmocka_unit_test(test_write_error_is_reported),
+        cmocka_unit_test(test_peek_and_consume_in_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

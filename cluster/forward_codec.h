@@ -1,0 +1,48 @@
+/* The wire format of messages forwarded between nodes: a batch is a plain
+ * concatenation of frames, each
+ *
+ *   u8  flags        bits 0-1 QoS, bit 2 retain, others 0
+ *   u16 topic length (big endian), then the topic (a valid topic name)
+ *   u32 payload length (big endian), then the payload
+ *
+ * Pure: no I/O, no allocation; any thread. Fuzzed (tests/fuzz). */
+#ifndef RMQ_CLUSTER_FORWARD_CODEC_H
+#define RMQ_CLUSTER_FORWARD_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+#define FORWARD_FRAME_OVERHEAD 7u
+#define FORWARD_MAX_PAYLOAD 268435455u /* MQTT's largest */
+
+struct forward_frame {
+    const char *topic; /* points into the batch */
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint8_t qos;
+    bool retain;
+};
+
+/* Bytes one frame takes. */
+static inline size_t
+forward_frame_size(size_t topic_len, size_t payload_len)
+{
+    return FORWARD_FRAME_OVERHEAD + topic_len + payload_len;
+}
+
+/* Writes one frame at out (forward_frame_size bytes). topic_len must fit in
+ * 16 bits and payload_len in FORWARD_MAX_PAYLOAD (callers route only MQTT
+ * messages, which do). */
+void forward_frame_write(uint8_t *out, const struct forward_frame *f);
+
+/* Reads the frame at buf[*pos]: RMQ_OK (f points into buf, *pos moves
+ * past it), RMQ_NOT_FOUND at the end of the batch, RMQ_PROTOCOL for a
+ * truncated or invalid frame (bad flags, QoS 3, an invalid topic name). */
+enum rmq_status forward_frame_next(const uint8_t *buf, size_t len, size_t *pos,
+                                   struct forward_frame *f);
+
+#endif

@@ -1,0 +1,660 @@
+/* Node-to-node forwarding; see forwarder.h.
+ *
+ * Each peer has a struct link: a byte buffer of encoded frames
+ * (cluster/forward_codec.h) from `head` to `len`, and at most one request
+ * in flight carrying the first `sending` bytes of it. Frames are appended
+ * as messages are routed; one flush per loop iteration (an event made
+ * active by the first append) starts a request for every idle peer with
+ * data. A failed request is sent again after a pause; only a success (or
+ * the last failure) moves `head`. Links live until the forwarder is freed
+ * (an idle link holds no buffer).
+ *
+ * Receiving: the internal route checks the whole batch on the HTTP thread,
+ * then the broker loop routes each frame locally (never forwarding it
+ * again) and answers. Loop thread only, except the route's handler. */
+#include "cluster/forwarder.h"
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "broker/broker_api.h"
+#include "cluster/cluster.h"
+#include "cluster/forward_codec.h"
+#include "cluster/redis_link.h"
+#include "cluster/routes.h"
+#include "common/hashmap.h"
+#include "common/inbox.h"
+#include "common/log.h"
+#include "http/http_server.h"
+#include "http/metrics.h"
+#include "http/peer_client.h"
+
+#define MAX_TRIES 5
+#define RECV_PAUSE_MS 2 /* a backed-up batch looks again after this */
+#define HIGH_WATER_DIV 64 /* pause publishers above max_buffer / 64 pending for a peer */
+#define LOW_WATER_DIV 256 /* resume when every peer is below max_buffer / 256 */
+#define RETRY_MS 100
+#define RETAINED_SCAN 500
+#define FORWARD_PATH "/internal/v1/forward"
+#define BATCH_TYPE "application/x-relaymq-batch"
+#define SYS_LOCAL "$SYS/broker/" /* not "$SYS/brokers/": cluster events do travel */
+#define SYS_LOCAL_LEN (sizeof(SYS_LOCAL) - 1)
+
+struct forwarder;
+
+struct link {
+    struct forwarder *f;
+    uint8_t *buf;
+    size_t head, len, cap;
+    size_t sending;        /* bytes of the request in flight (0 = idle) */
+    size_t sending_frames;
+    size_t frames;         /* frames in [head, len) */
+    int tries;
+    struct event *retry;
+    char *addr;
+    char node[];
+};
+
+struct forwarder {
+    struct event_base *base;
+    struct broker *broker;
+    struct redis_link *link;
+    struct routes *routes;
+    struct peer_client *peers;
+    const struct forwarder_config *cfg;
+    struct hashmap *links; /* node id -> struct link */
+    struct event *flush_ev;
+    bool flush_pending;
+    bool paused; /* publishers are paused for a full backlog */
+    bool draining; /* forwarder_drain is running the loop */
+    struct http_route route;
+    char key_retained[512];
+    /* counters */
+    uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
+    uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
+    _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
+    /* per-message scratch for the routes callback */
+    const struct forward_frame *frame;
+    bool appended;
+};
+
+/* ---- links ---- */
+
+static void
+link_free(void *v)
+{
+    struct link *l = v;
+    if (!l)
+        return;
+    if (l->retry)
+        event_free(l->retry);
+    free(l->buf);
+    free(l->addr);
+    free(l);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg);
+
+static struct link *
+link_get(struct forwarder *f, const char *node, const char *addr)
+{
+    size_t n = strlen(node);
+    struct link *l = hashmap_get(f->links, node, n);
+    if (l) {
+        if (strcmp(l->addr, addr) != 0) { /* the node restarted elsewhere */
+            char *copy = strdup(addr);
+            if (copy) {
+                free(l->addr);
+                l->addr = copy;
+            }
+        }
+        return l;
+    }
+    if (!(l = calloc(1, sizeof(*l) + n + 1)))
+        return NULL;
+    memcpy(l->node, node, n + 1);
+    l->f = f;
+    l->addr = strdup(addr);
+    l->retry = evtimer_new(f->base, on_retry, l);
+    if (!l->addr || !l->retry || hashmap_put(f->links, l->node, n, l, NULL) != RMQ_OK) {
+        link_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static bool
+reserve(struct link *l, size_t more)
+{
+    if (l->head > 0 && l->head == l->len && !l->sending) {
+        l->head = l->len = 0; /* everything sent: start over */
+    } else if (l->head > l->cap / 2 && !l->sending) {
+        memmove(l->buf, l->buf + l->head, l->len - l->head);
+        l->len -= l->head;
+        l->head = 0;
+    }
+    if (l->len + more <= l->cap)
+        return true;
+    size_t cap = l->cap ? l->cap : 16384;
+    while (cap < l->len + more)
+        cap *= 2;
+    uint8_t *grown = realloc(l->buf, cap);
+    if (!grown)
+        return false;
+    l->buf = grown;
+    l->cap = cap;
+    return true;
+}
+
+static void
+schedule_flush(struct forwarder *f)
+{
+    if (!f->flush_pending) {
+        f->flush_pending = true;
+        event_active(f->flush_ev, 0, 0);
+    }
+}
+
+/* routes_node_fn: appends the current frame to node's link. */
+static void
+append_to(void *arg, const char *node, const char *addr)
+{
+    struct forwarder *f = arg;
+    const struct forward_frame *fr = f->frame;
+    size_t size = forward_frame_size(fr->topic_len, fr->payload_len);
+    struct link *l = link_get(f, node, addr);
+    if (!l || l->len - l->head + size > f->cfg->max_buffer || !reserve(l, size)) {
+        f->dropped_full++;
+        return;
+    }
+    forward_frame_write(l->buf + l->len, fr);
+    l->len += size;
+    l->frames++;
+    f->appended = true;
+    if (l->len - l->head > f->cfg->max_buffer / HIGH_WATER_DIV) {
+        /* Back-pressure: this publisher waits until the peer catches up. */
+        broker_forward_pause(f->broker);
+        f->paused = true;
+    }
+}
+
+/* Resumes paused publishers once every peer's backlog is low again. */
+static void
+maybe_resume(struct forwarder *f)
+{
+    if (!f->paused)
+        return;
+    size_t pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (hashmap_next(f->links, &pos, &key, &len, &v)) {
+        const struct link *l = v;
+        if (l->len - l->head > f->cfg->max_buffer / LOW_WATER_DIV)
+            return;
+    }
+    f->paused = false;
+    broker_forward_resume(f->broker);
+}
+
+/* ---- sending ---- */
+
+static void send_next(struct link *l);
+
+static void
+on_sent(const struct peer_result *res, void *arg)
+{
+    struct link *l = arg;
+    struct forwarder *f = l->f;
+    bool ok = res->error == PEER_OK && res->status >= 200 && res->status < 300;
+    if (!ok && res->error != PEER_CANCELLED && ++l->tries < MAX_TRIES) {
+        f->retries++;
+        struct timeval tv = {0, (suseconds_t)(RETRY_MS * l->tries) * 1000};
+        evtimer_add(l->retry, &tv);
+        return;
+    }
+    if (ok) {
+        f->sent_msgs += l->sending_frames;
+        f->sent_bytes += l->sending;
+        f->batches++;
+    } else {
+        f->dropped_failed += l->sending_frames;
+        log_warn("forward to node %s (%s): %zu message(s) dropped after %d tries (%s, HTTP %d)",
+                 l->node, l->addr, l->sending_frames, l->tries, peer_error_name(res->error),
+                 res->status);
+    }
+    l->head += l->sending;
+    l->frames -= l->sending_frames;
+    l->sending = l->sending_frames = 0;
+    l->tries = 0;
+    if (res->error != PEER_CANCELLED) {
+        maybe_resume(f);
+        send_next(l);
+        if (f->draining && forwarder_pending(f) == 0)
+            event_base_loopbreak(f->base);
+    }
+}
+
+/* Length of the first frame at p (which holds a whole frame). */
+static size_t
+frame_len(const uint8_t *p)
+{
+    size_t tlen = (size_t)p[1] << 8 | p[2];
+    const uint8_t *q = p + 3 + tlen;
+    size_t plen = (size_t)q[0] << 24 | (size_t)q[1] << 16 | (size_t)q[2] << 8 | q[3];
+    return FORWARD_FRAME_OVERHEAD + tlen + plen;
+}
+
+static void
+post_batch(struct link *l)
+{
+    struct forwarder *f = l->f;
+    if (peer_client_request_raw(f->peers, l->addr, "POST", FORWARD_PATH, l->buf + l->head,
+                                l->sending, BATCH_TYPE, on_sent, l) != RMQ_OK) {
+        /* Cannot even be queued (bad address, no memory): count as a failed try. */
+        struct peer_result res = {.error = PEER_BROKEN};
+        on_sent(&res, l);
+    }
+}
+
+static void
+send_next(struct link *l)
+{
+    if (l->sending || l->head == l->len)
+        return;
+    size_t at = l->head, frames = 0;
+    while (at < l->len && (frames == 0 || at - l->head + frame_len(l->buf + at) <= l->f->cfg->max_batch)) {
+        at += frame_len(l->buf + at);
+        frames++;
+    }
+    l->sending = at - l->head;
+    l->sending_frames = frames;
+    post_batch(l);
+}
+
+static void
+on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    post_batch(arg);
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct forwarder *f = arg;
+    f->flush_pending = false;
+    size_t pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (hashmap_next(f->links, &pos, &key, &len, &v))
+        send_next(v);
+}
+
+/* ---- retained messages in Redis ---- */
+
+static void
+on_redis_written(struct redisReply *reply, void *arg)
+{
+    struct forwarder *f = arg;
+    if (f && (!reply || reply->type == REDIS_REPLY_ERROR))
+        f->retained_errors++;
+}
+
+static void
+save_retained(struct forwarder *f, const struct forward_frame *fr)
+{
+    if (fr->payload_len == 0) {
+        const char *argv[] = {"HDEL", f->key_retained, fr->topic};
+        size_t lens[] = {4, strlen(f->key_retained), fr->topic_len};
+        if (redis_link_argv(f->link, on_redis_written, f, 3, argv, lens) != RMQ_OK)
+            f->retained_errors++;
+        return;
+    }
+    uint8_t *value = malloc(fr->payload_len + 1);
+    if (!value) {
+        f->retained_errors++;
+        return;
+    }
+    value[0] = (uint8_t)('0' + fr->qos);
+    memcpy(value + 1, fr->payload, fr->payload_len);
+    const char *argv[] = {"HSET", f->key_retained, fr->topic, (const char *)value};
+    size_t lens[] = {4, strlen(f->key_retained), fr->topic_len, fr->payload_len + 1};
+    if (redis_link_argv(f->link, on_redis_written, f, 4, argv, lens) != RMQ_OK)
+        f->retained_errors++;
+    free(value);
+}
+
+static void load_retained(struct forwarder *f, const char *cursor);
+
+static void
+on_retained_page(struct redisReply *reply, void *arg)
+{
+    struct forwarder *f = arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        if (reply)
+            f->retained_errors++;
+        return;
+    }
+    const redisReply *kv = reply->element[1];
+    for (size_t i = 0; i + 1 < kv->elements; i += 2) {
+        const redisReply *k = kv->element[i], *v = kv->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || v->len < 2 ||
+            v->str[0] < '0' || v->str[0] > '2')
+            continue;
+        if (broker_api_retain_load(f->broker, k->str, k->len, v->str + 1, v->len - 1,
+                                   (uint8_t)(v->str[0] - '0')) == RMQ_OK)
+            f->retained_loaded++;
+    }
+    const char *next = reply->element[0]->str;
+    if (next && strcmp(next, "0") != 0)
+        load_retained(f, next);
+}
+
+static void
+load_retained(struct forwarder *f, const char *cursor)
+{
+    const char *argv[] = {"HSCAN", f->key_retained, cursor, "COUNT", "500"};
+    redis_link_argv(f->link, on_retained_page, f, 5, argv, NULL);
+}
+
+static void
+on_redis_up(void *ctx)
+{
+    load_retained(ctx, "0");
+}
+
+/* ---- the broker's hook ---- */
+
+static void
+on_forward(void *ctx, const struct broker_message *m)
+{
+    struct forwarder *f = ctx;
+    /* Each node's own statistics stay on that node. */
+    if (m->topic_len >= SYS_LOCAL_LEN && memcmp(m->topic, SYS_LOCAL, SYS_LOCAL_LEN) == 0)
+        return;
+    struct forward_frame fr = {
+        .topic = m->topic,
+        .topic_len = m->topic_len,
+        .payload = m->payload,
+        .payload_len = m->payload_len,
+        .qos = m->qos,
+        .retain = m->retain,
+    };
+    f->frame = &fr;
+    f->appended = false;
+    if (m->retain) {
+        save_retained(f, &fr);
+        routes_foreach_node(f->routes, append_to, f);
+    } else {
+        routes_match(f->routes, m->topic, m->topic_len, append_to, f);
+    }
+    f->frame = NULL;
+    if (f->appended)
+        schedule_flush(f);
+}
+
+/* ---- receiving ---- */
+
+struct recv_job {
+    struct http_job base;
+    struct forwarder *f;
+    const uint8_t *body; /* the deferred request's, valid until the reply */
+    size_t len, pos, routed;
+    uint64_t waited_ms;  /* paused so far for backed-up subscribers */
+    struct event *resume;
+};
+
+static void
+recv_destroy(struct http_job *base)
+{
+    struct recv_job *job = (struct recv_job *)base;
+    if (job->resume)
+        event_free(job->resume);
+    free(job);
+}
+
+static void recv_run(struct http_job *base);
+
+/* Routes what is left without pausing, then answers. */
+static void
+recv_rest(struct recv_job *job)
+{
+    struct forward_frame fr;
+    bool backed_up;
+    while (forward_frame_next(job->body, job->len, &job->pos, &fr) == RMQ_OK) {
+        broker_api_route_remote(job->f->broker, fr.topic, fr.topic_len, fr.payload,
+                                fr.payload_len, fr.qos, fr.retain, &backed_up);
+        job->routed++;
+    }
+    job->f->recv_msgs += job->routed;
+    job->f->recv_batches++;
+    http_job_reply_json(&job->base, 200,
+                        json_pack("{s:I}", "messages", (json_int_t)job->routed));
+}
+
+static void
+on_recv_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    recv_run(arg);
+}
+
+/* Routes the batch's frames; when a local subscriber backs up, pauses (the
+ * sender then waits for this answer, and pauses its own publishers) for
+ * at most the broker's back-pressure timeout in all. */
+static void
+recv_run(struct http_job *base)
+{
+    struct recv_job *job = (struct recv_job *)base;
+    struct forwarder *f = job->f;
+    struct forward_frame fr;
+    bool backed_up = false;
+    while (!backed_up && forward_frame_next(job->body, job->len, &job->pos, &fr) == RMQ_OK) {
+        broker_api_route_remote(f->broker, fr.topic, fr.topic_len, fr.payload, fr.payload_len,
+                                fr.qos, fr.retain, &backed_up);
+        job->routed++;
+    }
+    if (backed_up && job->pos < job->len && job->waited_ms < f->cfg->max_stall_ms &&
+        (job->resume || (job->resume = evtimer_new(f->base, on_recv_resume, job)))) {
+        struct timeval tv = {0, RECV_PAUSE_MS * 1000};
+        job->waited_ms += RECV_PAUSE_MS;
+        f->recv_pauses++;
+        evtimer_add(job->resume, &tv);
+        return;
+    }
+    if (backed_up && job->pos < job->len) {
+        recv_rest(job); /* waited long enough: the overflow is the subscribers' */
+        return;
+    }
+    f->recv_msgs += job->routed;
+    f->recv_batches++;
+    http_job_reply_json(base, 200, json_pack("{s:I}", "messages", (json_int_t)job->routed));
+}
+
+/* HTTP thread: checks the whole batch before the loop sees it. */
+static void
+handle_forward(struct http_request *req, void *ctx)
+{
+    (void)ctx;
+    struct forwarder *f = http_request_route(req)->arg;
+    size_t len, pos = 0;
+    const uint8_t *body = (const uint8_t *)http_request_body(req, &len);
+    struct forward_frame fr;
+    enum rmq_status st;
+    while ((st = forward_frame_next(body, len, &pos, &fr)) == RMQ_OK)
+        ;
+    if (st != RMQ_NOT_FOUND) {
+        f->recv_bad++;
+        http_reply_error(req, 400, "bad_batch", "malformed frame at byte %zu", pos);
+        return;
+    }
+    struct recv_job *job = calloc(1, sizeof(*job));
+    if (!job) {
+        http_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    job->f = f;
+    job->body = body;
+    job->len = len;
+    http_job_post(broker_inbox(f->broker), req, &job->base, recv_run, recv_destroy);
+}
+
+const struct http_route *
+forwarder_internal_routes(struct forwarder *f, size_t *count)
+{
+    *count = 1;
+    return &f->route;
+}
+
+/* ---- life cycle ---- */
+
+size_t
+forwarder_pending(const struct forwarder *f)
+{
+    size_t frames = 0, pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (f && hashmap_next(f->links, &pos, &key, &len, &v))
+        frames += ((const struct link *)v)->frames;
+    return frames;
+}
+
+static void
+on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+void
+forwarder_drain(struct forwarder *f, uint64_t timeout_ms)
+{
+    size_t before = forwarder_pending(f);
+    if (before == 0)
+        return;
+    struct event *timer = evtimer_new(f->base, on_drain_timeout, f->base);
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    if (!timer || evtimer_add(timer, &tv) != 0) {
+        if (timer)
+            event_free(timer);
+        return;
+    }
+    log_info("forward: sending %zu buffered message(s) to other nodes before stopping", before);
+    f->draining = true;
+    schedule_flush(f);
+    event_base_dispatch(f->base); /* until sent, the timeout, or a signal */
+    f->draining = false;
+    event_free(timer);
+    log_info("forward: %zu of %zu buffered message(s) sent before stopping",
+             before - forwarder_pending(f), before);
+}
+
+struct forwarder *
+forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cluster,
+              struct redis_link *link, struct routes *routes, struct peer_client *peers,
+              const struct forwarder_config *cfg)
+{
+    struct forwarder *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->base = base;
+    f->broker = broker;
+    f->link = link;
+    f->routes = routes;
+    f->peers = peers;
+    f->cfg = cfg;
+    snprintf(f->key_retained, sizeof(f->key_retained), "%sretained", cfg->prefix);
+    f->route = (struct http_route){"POST", FORWARD_PATH, handle_forward, "forward", 0, f};
+    f->links = hashmap_new(link_free);
+    f->flush_ev = event_new(base, -1, 0, on_flush, f);
+    if (!f->links || !f->flush_ev || cluster_add_up_listener(cluster, on_redis_up, f) != RMQ_OK) {
+        log_error("forwarder: cannot start");
+        forwarder_free(f);
+        return NULL;
+    }
+    broker_set_forwarder(broker, on_forward, f);
+    return f;
+}
+
+void
+forwarder_free(struct forwarder *f)
+{
+    if (!f)
+        return;
+    broker_set_forwarder(f->broker, NULL, NULL);
+    size_t pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (f->links && hashmap_next(f->links, &pos, &key, &len, &v)) {
+        struct link *l = v;
+        if (l->frames)
+            log_info("forward to node %s: %zu message(s) not sent at shutdown", l->node, l->frames);
+    }
+    hashmap_free(f->links);
+    if (f->flush_ev)
+        event_free(f->flush_ev);
+    free(f);
+}
+
+void
+forwarder_write_metrics(FILE *out, void *arg)
+{
+    const struct forwarder *f = arg;
+    size_t buffered = 0;
+    size_t pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (hashmap_next(f->links, &pos, &key, &len, &v)) {
+        const struct link *l = v;
+        buffered += l->len - l->head;
+    }
+    metrics_family(out, "relaymq_forward_messages_total", "counter",
+                   "messages forwarded between nodes, by direction and outcome");
+    fprintf(out, "relaymq_forward_messages_total{direction=\"out\",outcome=\"sent\"} %" PRIu64 "\n",
+            f->sent_msgs);
+    fprintf(out,
+            "relaymq_forward_messages_total{direction=\"out\",outcome=\"dropped_buffer_full\"} %" PRIu64
+            "\n",
+            f->dropped_full);
+    fprintf(out,
+            "relaymq_forward_messages_total{direction=\"out\",outcome=\"dropped_link_failed\"} %" PRIu64
+            "\n",
+            f->dropped_failed);
+    fprintf(out, "relaymq_forward_messages_total{direction=\"in\",outcome=\"routed\"} %" PRIu64 "\n",
+            f->recv_msgs);
+    metrics_family(out, "relaymq_forward_batches_total", "counter",
+                   "forwarding requests, by direction and outcome");
+    fprintf(out, "relaymq_forward_batches_total{direction=\"out\",outcome=\"ok\"} %" PRIu64 "\n",
+            f->batches);
+    fprintf(out, "relaymq_forward_batches_total{direction=\"out\",outcome=\"retry\"} %" PRIu64 "\n",
+            f->retries);
+    fprintf(out, "relaymq_forward_batches_total{direction=\"in\",outcome=\"ok\"} %" PRIu64 "\n",
+            f->recv_batches);
+    fprintf(out, "relaymq_forward_batches_total{direction=\"in\",outcome=\"paused\"} %" PRIu64 "\n",
+            f->recv_pauses);
+    fprintf(out, "relaymq_forward_batches_total{direction=\"in\",outcome=\"malformed\"} %" PRIu64 "\n",
+            (uint64_t)f->recv_bad);
+    metrics_family(out, "relaymq_forward_buffered_bytes", "gauge",
+                   "bytes waiting to be forwarded to other nodes");
+    fprintf(out, "relaymq_forward_buffered_bytes %zu\n", buffered);
+    metrics_family(out, "relaymq_retained_redis_total", "counter",
+                   "retained messages loaded from Redis, and Redis errors storing them");
+    fprintf(out, "relaymq_retained_redis_total{event=\"loaded\"} %" PRIu64 "\n",
+            f->retained_loaded);
+    fprintf(out, "relaymq_retained_redis_total{event=\"error\"} %" PRIu64 "\n", f->retained_errors);
+}

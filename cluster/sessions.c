@@ -1,0 +1,903 @@
+/* Persistent sessions across nodes; see sessions.h.
+ *
+ * Before CONNACK of a client (clean session 0) that has no session here,
+ * prepare() asks Redis which node holds its session. A live holder is asked
+ * for a hand-over; a dead one (or a failed hand-over) means the copy in
+ * Redis is loaded. Either way the state is imported into the broker as an
+ * offline session, which the CONNECT then continues (session present 1).
+ * A clean-session CONNECT instead tells the holder to drop the session and
+ * deletes the copy.
+ *
+ * A hand-over body: u32 subscription count, then per subscription u8 QoS,
+ * u16 length, the filter; then the messages as forward frames.
+ *
+ * Every pending prepare is in a list: sessions_stop() lets them all go on
+ * (so nothing waits on a node that is stopping); their late callbacks then
+ * only free them. Loop thread only, except the route handlers, which only
+ * post jobs. */
+#include "cluster/sessions.h"
+
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "broker/broker_api.h"
+#include "cluster/cluster.h"
+#include "cluster/forward_codec.h"
+#include "cluster/redis_link.h"
+#include "cluster/routes.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "http/http_server.h"
+#include "http/metrics.h"
+#include "http/peer_client.h"
+
+#define KEY_MAX 768
+#define STATE_TYPE "application/x-relaymq-session"
+
+/* ARGV: prefix, client. {node, addr or ''} of the holder, or {}. */
+static const char owner_lua[] =
+    "local n = redis.call('HGET', ARGV[1] .. 'sess:' .. ARGV[2], 'node')\n"
+    "if not n then return {} end\n"
+    "return {n, redis.call('HGET', ARGV[1] .. 'node:' .. n, 'addr') or ''}\n";
+
+/* ARGV: prefix, client. {subs as filter, qos, ...}, {queued frames}. */
+static const char load_lua[] =
+    "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
+    "return {redis.call('HGETALL', k .. ':subs'), redis.call('LRANGE', k .. ':queue', 0, -1)}\n";
+
+/* ARGV: prefix, client, node, now: the session is online on node.
+ * Returns {previous holder, its address} if another node held it. */
+static const char online_lua[] =
+    "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
+    "local old = redis.call('HGET', k, 'node')\n"
+    "local out = {}\n"
+    "if old and old ~= ARGV[3] then\n"
+    "  redis.call('SREM', ARGV[1] .. 'node:' .. old .. ':sessions', ARGV[2])\n"
+    "  out = {old, redis.call('HGET', ARGV[1] .. 'node:' .. old, 'addr') or ''}\n"
+    "end\n"
+    "redis.call('HSET', k, 'node', ARGV[3], 'online', '1', 'updated_ms', ARGV[4])\n"
+    "redis.call('DEL', k .. ':queue')\n"
+    "redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', ARGV[2])\n"
+    "return out\n";
+
+/* ARGV: prefix, the node that left, this node, now. Moves the offline
+ * sessions it held to this node (the first survivor to ask gets them all)
+ * and returns their client ids. */
+static const char adopt_lua[] =
+    "local src = ARGV[1] .. 'node:' .. ARGV[2] .. ':sessions'\n"
+    "local out = {}\n"
+    "for _, c in ipairs(redis.call('SMEMBERS', src)) do\n"
+    "  local k = ARGV[1] .. 'sess:' .. c\n"
+    "  if redis.call('HGET', k, 'node') == ARGV[2] then\n"
+    "    redis.call('HSET', k, 'node', ARGV[3], 'online', '0', 'updated_ms', ARGV[4])\n"
+    "    redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', c)\n"
+    "    table.insert(out, c)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', src)\n"
+    "return out\n";
+
+/* ARGV: prefix, client, node: forget the session everywhere. */
+static const char end_lua[] =
+    "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
+    "local old = redis.call('HGET', k, 'node')\n"
+    "if old then redis.call('SREM', ARGV[1] .. 'node:' .. old .. ':sessions', ARGV[2]) end\n"
+    "redis.call('SREM', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', ARGV[2])\n"
+    "redis.call('DEL', k, k .. ':subs', k .. ':queue')\n"
+    "return 1\n";
+
+struct prep {
+    struct prep *next, *prev;
+    struct sessions *sm;
+    void (*done)(void *token);
+    void *token;
+    bool finished; /* done() was called (by the flow or by sessions_stop) */
+    bool clean;
+    char client_id[];
+};
+
+struct sessions {
+    struct broker *broker;
+    struct cluster *cluster;
+    struct redis_link *link;
+    struct peer_client *peers;
+    const struct sessions_config *cfg;
+    struct broker_observer observer;
+    struct http_route routes[2];
+    struct prep *preps;
+    int script_owner, script_load, script_online, script_end, script_adopt;
+    char max_queued[16];
+    uint64_t handed_in, handed_out, restored, adopted, dropped_remote, redis_errors, bad_state;
+};
+
+/* ---- state encoding ---- */
+
+struct buf {
+    uint8_t *data;
+    size_t len, cap;
+    bool failed;
+};
+
+static uint8_t *
+buf_room(struct buf *b, size_t n)
+{
+    if (b->failed)
+        return NULL;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d) {
+            b->failed = true;
+            return NULL;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    uint8_t *p = b->data + b->len;
+    b->len += n;
+    return p;
+}
+
+struct encoder {
+    struct buf out;
+    uint32_t subs;
+};
+
+static void
+enc_sub(void *arg, const char *filter, size_t len, uint8_t qos)
+{
+    struct encoder *e = arg;
+    uint8_t *p = buf_room(&e->out, 3 + len);
+    if (!p)
+        return;
+    p[0] = qos;
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)len;
+    memcpy(p + 3, filter, len);
+    e->subs++;
+}
+
+static void
+enc_msg(void *arg, const struct broker_message *m)
+{
+    struct encoder *e = arg;
+    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, m->qos,
+                              m->retain};
+    uint8_t *p = buf_room(&e->out, forward_frame_size(m->topic_len, m->payload_len));
+    if (p)
+        forward_frame_write(p, &f);
+}
+
+/* The session as a hand-over body (malloc'd), or RMQ_NOT_FOUND / RMQ_NOMEM. */
+static enum rmq_status
+encode_state(struct broker *b, const char *client_id, uint8_t **out, size_t *len)
+{
+    struct encoder e = {0};
+    buf_room(&e.out, 4);
+    enum rmq_status st = broker_api_session_walk(b, client_id, enc_sub, NULL, &e);
+    if (st == RMQ_OK) /* subscriptions first, then messages */
+        st = broker_api_session_walk(b, client_id, NULL, enc_msg, &e);
+    if (st == RMQ_OK && e.out.failed)
+        st = RMQ_NOMEM;
+    if (st != RMQ_OK) {
+        free(e.out.data);
+        return st;
+    }
+    e.out.data[0] = (uint8_t)(e.subs >> 24);
+    e.out.data[1] = (uint8_t)(e.subs >> 16);
+    e.out.data[2] = (uint8_t)(e.subs >> 8);
+    e.out.data[3] = (uint8_t)e.subs;
+    *out = e.out.data;
+    *len = e.out.len;
+    return RMQ_OK;
+}
+
+/* A decoded state: arrays pointing into the encoded bytes. */
+struct state {
+    const char **filters;
+    size_t *filter_lens;
+    uint8_t *qos;
+    size_t sub_count;
+    struct broker_message *msgs;
+    size_t msg_count, msg_cap;
+};
+
+static void
+state_clear(struct state *s)
+{
+    free(s->filters);
+    free(s->filter_lens);
+    free(s->qos);
+    free(s->msgs);
+    memset(s, 0, sizeof(*s));
+}
+
+static bool
+state_alloc_subs(struct state *s, size_t n)
+{
+    s->filters = calloc(n ? n : 1, sizeof(*s->filters));
+    s->filter_lens = calloc(n ? n : 1, sizeof(*s->filter_lens));
+    s->qos = calloc(n ? n : 1, 1);
+    return s->filters && s->filter_lens && s->qos;
+}
+
+static bool
+state_add_frame(struct state *s, const struct forward_frame *f)
+{
+    if (s->msg_count == s->msg_cap) {
+        size_t cap = s->msg_cap ? s->msg_cap * 2 : 16;
+        struct broker_message *m = realloc(s->msgs, cap * sizeof(*m));
+        if (!m)
+            return false;
+        s->msgs = m;
+        s->msg_cap = cap;
+    }
+    s->msgs[s->msg_count++] = (struct broker_message){f->topic, f->topic_len, f->payload,
+                                                      f->payload_len, f->qos, f->retain};
+    return true;
+}
+
+static enum rmq_status
+decode_state(const uint8_t *data, size_t len, struct state *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (len < 4)
+        return RMQ_PROTOCOL;
+    size_t n = (size_t)data[0] << 24 | (size_t)data[1] << 16 | (size_t)data[2] << 8 | data[3];
+    size_t pos = 4;
+    if (n > len || !state_alloc_subs(s, n))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (len - pos < 3)
+            goto fail;
+        size_t fl = (size_t)data[pos + 1] << 8 | data[pos + 2];
+        if (data[pos] > 2 || len - pos - 3 < fl)
+            goto fail;
+        s->qos[i] = data[pos];
+        s->filters[i] = (const char *)data + pos + 3;
+        s->filter_lens[i] = fl;
+        pos += 3 + fl;
+    }
+    s->sub_count = n;
+    struct forward_frame f;
+    enum rmq_status st;
+    while ((st = forward_frame_next(data, len, &pos, &f)) == RMQ_OK)
+        if (!state_add_frame(s, &f))
+            goto fail;
+    if (st == RMQ_NOT_FOUND)
+        return RMQ_OK;
+fail:
+    state_clear(s);
+    return RMQ_PROTOCOL;
+}
+
+/* ---- prepare (before CONNACK) ---- */
+
+static void
+prep_finish(struct prep *p)
+{
+    if (p->finished)
+        return;
+    p->finished = true;
+    p->done(p->token);
+}
+
+static void
+prep_free(struct prep *p)
+{
+    prep_finish(p);
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        p->sm->preps = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    free(p);
+}
+
+static void
+import(struct sessions *sm, const char *client_id, const struct state *s)
+{
+    broker_api_session_import(sm->broker, client_id, s->filters, s->filter_lens, s->qos,
+                              s->sub_count, s->msgs, s->msg_count);
+}
+
+/* The reply of load_lua as a state (pointing into the reply). */
+static bool
+state_from_redis(const struct redisReply *r, struct state *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY)
+        return false;
+    const redisReply *subs = r->element[0], *queue = r->element[1];
+    if (!state_alloc_subs(s, subs->elements / 2))
+        return false;
+    for (size_t i = 0; i + 1 < subs->elements; i += 2) {
+        const redisReply *f = subs->element[i], *q = subs->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || q->type != REDIS_REPLY_STRING || q->len != 1 ||
+            q->str[0] < '0' || q->str[0] > '2')
+            continue;
+        s->filters[s->sub_count] = f->str;
+        s->filter_lens[s->sub_count] = f->len;
+        s->qos[s->sub_count++] = (uint8_t)(q->str[0] - '0');
+    }
+    for (size_t i = 0; i < queue->elements; i++) {
+        const redisReply *e = queue->element[i];
+        struct forward_frame f;
+        size_t pos = 0;
+        if (e->type == REDIS_REPLY_STRING &&
+            forward_frame_next((const uint8_t *)e->str, e->len, &pos, &f) == RMQ_OK &&
+            !state_add_frame(s, &f))
+            break;
+    }
+    return true;
+}
+
+static void
+on_loaded(struct redisReply *r, void *arg)
+{
+    struct prep *p = arg;
+    struct sessions *sm = p->sm;
+    struct state s;
+    if (p->finished) {
+        prep_free(p);
+        return;
+    }
+    if (!state_from_redis(r, &s)) {
+        sm->redis_errors++;
+        log_warn("client %s: its session could not be read from Redis; starting empty",
+                 p->client_id);
+    } else if (s.sub_count || s.msg_count) {
+        import(sm, p->client_id, &s);
+        sm->restored++;
+    }
+    state_clear(&s);
+    prep_free(p);
+}
+
+static void
+load_from_redis(struct prep *p)
+{
+    struct sessions *sm = p->sm;
+    const char *argv[] = {sm->cfg->prefix, p->client_id};
+    if (redis_link_eval(sm->link, sm->script_load, on_loaded, p, 0, 2, argv, NULL) != RMQ_OK)
+        prep_free(p);
+}
+
+static void
+on_handover(const struct peer_result *res, void *arg)
+{
+    struct prep *p = arg;
+    struct sessions *sm = p->sm;
+    if (p->finished) {
+        prep_free(p);
+        return;
+    }
+    struct state s;
+    if (res->error == PEER_OK && res->status == 200 &&
+        decode_state(res->raw, res->raw_len, &s) == RMQ_OK) {
+        import(sm, p->client_id, &s);
+        state_clear(&s);
+        sm->handed_in++;
+        prep_free(p);
+        return;
+    }
+    if (res->error == PEER_OK && res->status == 200)
+        sm->bad_state++;
+    /* The holder could not give it (gone meanwhile, unreachable): the copy
+     * in Redis is the best there is. */
+    log_info("client %s: hand-over failed (%s, HTTP %d); restoring the session from Redis",
+             p->client_id, peer_error_name(res->error), res->status);
+    load_from_redis(p);
+}
+
+static void
+ignore_answer(const struct peer_result *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+}
+
+static void
+on_redis_done(struct redisReply *r, void *arg)
+{
+    struct sessions *sm = arg;
+    if (sm && (!r || r->type == REDIS_REPLY_ERROR))
+        sm->redis_errors++;
+}
+
+static void
+forget_everywhere(struct sessions *sm, const char *client_id)
+{
+    const char *argv[] = {sm->cfg->prefix, client_id, sm->cfg->node_id};
+    redis_link_eval(sm->link, sm->script_end, on_redis_done, sm, 0, 3, argv, NULL);
+}
+
+static void
+on_owner(struct redisReply *r, void *arg)
+{
+    struct prep *p = arg;
+    struct sessions *sm = p->sm;
+    if (p->finished || !r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        prep_free(p); /* no copy anywhere (or Redis away): a new session */
+        return;
+    }
+    const char *node = r->element[0]->str, *addr = r->element[1]->str;
+    bool here = node && strcmp(node, sm->cfg->node_id) == 0;
+    char path[KEY_MAX];
+    char *escaped = peer_client_escape(p->client_id);
+    if (p->clean) {
+        /* A clean start: the old session goes, wherever it is. */
+        if (!here && addr && *addr && sm->peers && escaped) {
+            snprintf(path, sizeof(path), "/internal/v1/sessions/%s/drop", escaped);
+            if (peer_client_request(sm->peers, addr, "POST", path, NULL, ignore_answer, NULL) ==
+                RMQ_OK)
+                sm->dropped_remote++;
+        }
+        forget_everywhere(sm, p->client_id);
+        free(escaped);
+        prep_free(p);
+        return;
+    }
+    if (!here && addr && *addr && sm->peers && escaped) {
+        snprintf(path, sizeof(path), "/internal/v1/sessions/%s/handover", escaped);
+        free(escaped);
+        if (peer_client_request(sm->peers, addr, "POST", path, NULL, on_handover, p) == RMQ_OK)
+            return;
+    } else {
+        free(escaped);
+    }
+    load_from_redis(p); /* holder dead, unknown, or this node in a past life */
+}
+
+static void
+prepare(void *ctx, const char *client_id, bool clean, void (*done)(void *token), void *token)
+{
+    struct sessions *sm = ctx;
+    if (broker_api_has_persistent_session(sm->broker, client_id)) {
+        done(token); /* here already; the CONNECT continues or cleans it */
+        return;
+    }
+    size_t n = strlen(client_id) + 1;
+    struct prep *p = calloc(1, sizeof(*p) + n);
+    if (!p) {
+        done(token);
+        return;
+    }
+    *p = (struct prep){.sm = sm, .done = done, .token = token, .clean = clean};
+    memcpy(p->client_id, client_id, n);
+    p->next = sm->preps;
+    if (sm->preps)
+        sm->preps->prev = p;
+    sm->preps = p;
+    const char *argv[] = {sm->cfg->prefix, client_id};
+    if (redis_link_eval(sm->link, sm->script_owner, on_owner, p, 0, 2, argv, NULL) != RMQ_OK)
+        prep_free(p); /* Redis away: whatever is here (nothing) */
+}
+
+/* ---- keeping the copy in Redis ---- */
+
+static void
+key(const struct sessions *sm, const char *client_id, const char *suffix, char *out)
+{
+    snprintf(out, KEY_MAX, "%ssess:%s%s", sm->cfg->prefix, client_id, suffix);
+}
+
+static void
+send_argv(struct sessions *sm, int argc, const char **argv, const size_t *lens)
+{
+    if (redis_link_argv(sm->link, on_redis_done, sm, argc, argv, lens) != RMQ_OK)
+        sm->redis_errors++;
+}
+
+static void
+trim_queue(struct sessions *sm, const char *qkey)
+{
+    char neg[24];
+    snprintf(neg, sizeof(neg), "-%s", sm->max_queued);
+    const char *argv[] = {"LTRIM", qkey, neg, "-1"};
+    send_argv(sm, 4, argv, NULL);
+}
+
+struct queue_writer {
+    struct sessions *sm;
+    const char **argv;
+    size_t *lens;
+    int argc, cap;
+    struct buf frames;
+    size_t *offsets;
+};
+
+static void
+collect_msg(void *arg, const struct broker_message *m)
+{
+    struct queue_writer *w = arg;
+    if (w->argc == w->cap) {
+        int cap = w->cap ? w->cap * 2 : 64;
+        size_t *o = realloc(w->offsets, (size_t)cap * sizeof(*o));
+        if (!o) {
+            w->frames.failed = true;
+            return;
+        }
+        w->offsets = o;
+        w->cap = cap;
+    }
+    size_t at = w->frames.len;
+    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, m->qos,
+                              m->retain};
+    uint8_t *p = buf_room(&w->frames, forward_frame_size(m->topic_len, m->payload_len));
+    if (!p)
+        return;
+    forward_frame_write(p, &f);
+    w->offsets[w->argc++] = at;
+}
+
+/* The client went offline: its copy gets everything it is still owed. */
+static void
+write_offline(struct sessions *sm, const char *client_id)
+{
+    char skey[KEY_MAX], qkey[KEY_MAX], now[24];
+    key(sm, client_id, "", skey);
+    key(sm, client_id, ":queue", qkey);
+    snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
+    const char *hset[] = {"HSET", skey, "node", sm->cfg->node_id, "online", "0", "updated_ms",
+                          now};
+    send_argv(sm, 8, hset, NULL);
+    const char *del[] = {"DEL", qkey};
+    send_argv(sm, 2, del, NULL);
+    struct queue_writer w = {.sm = sm};
+    broker_api_session_walk(sm->broker, client_id, NULL, collect_msg, &w);
+    if (w.argc > 0 && !w.frames.failed) {
+        const char **argv = malloc((size_t)(w.argc + 2) * sizeof(*argv));
+        size_t *lens = malloc((size_t)(w.argc + 2) * sizeof(*lens));
+        if (argv && lens) {
+            argv[0] = "RPUSH";
+            lens[0] = 5;
+            argv[1] = qkey;
+            lens[1] = strlen(qkey);
+            for (int i = 0; i < w.argc; i++) {
+                size_t end = i + 1 < w.argc ? w.offsets[i + 1] : w.frames.len;
+                argv[2 + i] = (const char *)w.frames.data + w.offsets[i];
+                lens[2 + i] = end - w.offsets[i];
+            }
+            send_argv(sm, w.argc + 2, argv, lens);
+            trim_queue(sm, qkey);
+        } else {
+            sm->redis_errors++;
+        }
+        free(argv);
+        free(lens);
+    }
+    free(w.frames.data);
+    free(w.offsets);
+}
+
+static void
+write_queued(struct sessions *sm, const char *client_id, const struct broker_message *m,
+             uint8_t qos)
+{
+    char qkey[KEY_MAX];
+    key(sm, client_id, ":queue", qkey);
+    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, qos,
+                              m->retain};
+    size_t size = forward_frame_size(m->topic_len, m->payload_len);
+    uint8_t *frame = malloc(size);
+    if (!frame) {
+        sm->redis_errors++;
+        return;
+    }
+    forward_frame_write(frame, &f);
+    const char *argv[] = {"RPUSH", qkey, (const char *)frame};
+    size_t lens[] = {5, strlen(qkey), size};
+    send_argv(sm, 3, argv, lens);
+    free(frame);
+    trim_queue(sm, qkey);
+}
+
+struct online_ctx {
+    struct sessions *sm;
+    char client_id[];
+};
+
+/* A copy of the session may linger on the node that held it before (an
+ * adoption racing the client's return): that node drops it. */
+static void
+on_online(struct redisReply *r, void *arg)
+{
+    struct online_ctx *x = arg;
+    struct sessions *sm = x->sm;
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        sm->redis_errors++;
+    else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+             r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0 && sm->peers) {
+        char path[KEY_MAX];
+        char *escaped = peer_client_escape(x->client_id);
+        if (escaped) {
+            snprintf(path, sizeof(path), "/internal/v1/sessions/%s/drop", escaped);
+            peer_client_request(sm->peers, r->element[1]->str, "POST", path, NULL, ignore_answer,
+                                NULL);
+        }
+        free(escaped);
+    }
+    free(x);
+}
+
+/* ---- adopting the sessions of a node that left ---- */
+
+struct adopt_ctx {
+    struct sessions *sm;
+    char client_id[];
+};
+
+static void
+on_adopt_loaded(struct redisReply *r, void *arg)
+{
+    struct adopt_ctx *x = arg;
+    struct sessions *sm = x->sm;
+    struct state s;
+    if (!state_from_redis(r, &s))
+        sm->redis_errors++;
+    else if (!broker_api_has_persistent_session(sm->broker, x->client_id)) {
+        import(sm, x->client_id, &s); /* as a restore, without a waiting CONNECT */
+        sm->adopted++;
+    }
+    state_clear(&s);
+    free(x);
+}
+
+static void
+on_adopted(struct redisReply *r, void *arg)
+{
+    struct sessions *sm = arg;
+    if (!r || r->type != REDIS_REPLY_ARRAY)
+        return;
+    if (r->elements)
+        log_info("sessions: adopting %zu offline session(s) of a node that left", r->elements);
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *c = r->element[i];
+        if (c->type != REDIS_REPLY_STRING)
+            continue;
+        struct adopt_ctx *x = malloc(sizeof(*x) + c->len + 1);
+        if (!x)
+            continue;
+        x->sm = sm;
+        memcpy(x->client_id, c->str, c->len + 1);
+        const char *argv[] = {sm->cfg->prefix, x->client_id};
+        if (redis_link_eval(sm->link, sm->script_load, on_adopt_loaded, x, 0, 2, argv, NULL) !=
+            RMQ_OK)
+            free(x);
+    }
+}
+
+/* routes_on_node_left: keep its clients' offline sessions (and so their
+ * routes) alive here until they come back. */
+static void
+on_node_left(void *ctx, const char *node)
+{
+    struct sessions *sm = ctx;
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
+    const char *argv[] = {sm->cfg->prefix, node, sm->cfg->node_id, now};
+    redis_link_eval(sm->link, sm->script_adopt, on_adopted, sm, 0, 4, argv, NULL);
+}
+
+static void
+on_session(void *ctx, const struct broker_session_event *ev)
+{
+    struct sessions *sm = ctx;
+    char skey[KEY_MAX], subs[KEY_MAX], nkey[KEY_MAX], qos[4], now[24];
+    switch (ev->change) {
+    case SESSION_SUBSCRIBED: {
+        key(sm, ev->client_id, "", skey);
+        key(sm, ev->client_id, ":subs", subs);
+        snprintf(nkey, sizeof(nkey), "%snode:%s:sessions", sm->cfg->prefix, sm->cfg->node_id);
+        snprintf(qos, sizeof(qos), "%u", (unsigned)ev->qos);
+        const char *hset[] = {"HSET", subs, ev->filter, qos};
+        size_t lens[] = {4, strlen(subs), ev->filter_len, strlen(qos)};
+        send_argv(sm, 4, hset, lens);
+        const char *owner[] = {"HSET", skey, "node", sm->cfg->node_id};
+        send_argv(sm, 4, owner, NULL);
+        const char *sadd[] = {"SADD", nkey, ev->client_id};
+        send_argv(sm, 3, sadd, NULL);
+        return;
+    }
+    case SESSION_UNSUBSCRIBED: {
+        key(sm, ev->client_id, ":subs", subs);
+        const char *hdel[] = {"HDEL", subs, ev->filter};
+        size_t lens[] = {4, strlen(subs), ev->filter_len};
+        send_argv(sm, 3, hdel, lens);
+        return;
+    }
+    case SESSION_ONLINE: {
+        snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
+        const char *argv[] = {sm->cfg->prefix, ev->client_id, sm->cfg->node_id, now};
+        struct online_ctx *x = malloc(sizeof(*x) + strlen(ev->client_id) + 1);
+        if (x) {
+            x->sm = sm;
+            strcpy(x->client_id, ev->client_id);
+        }
+        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 4, argv, NULL) !=
+                      RMQ_OK) {
+            free(x);
+            sm->redis_errors++;
+        }
+        return;
+    }
+    case SESSION_OFFLINE:
+        write_offline(sm, ev->client_id);
+        return;
+    case SESSION_QUEUED:
+        write_queued(sm, ev->client_id, ev->message, ev->qos);
+        return;
+    case SESSION_ENDED:
+        forget_everywhere(sm, ev->client_id);
+        return;
+    }
+}
+
+/* ---- the internal routes (the holder's side) ---- */
+
+struct give_job {
+    struct http_job base;
+    bool drop;
+    struct sessions *sm;
+    char client_id[];
+};
+
+static void
+give_destroy(struct http_job *job)
+{
+    free(job);
+}
+
+static void
+give_run(struct http_job *base)
+{
+    struct give_job *job = (struct give_job *)base;
+    struct sessions *sm = job->sm;
+    uint8_t *state = NULL;
+    size_t len = 0;
+    enum rmq_status st =
+        job->drop ? RMQ_OK : encode_state(sm->broker, job->client_id, &state, &len);
+    if (st == RMQ_OK)
+        st = broker_api_session_release(sm->broker, job->client_id);
+    if (st == RMQ_NOT_FOUND) {
+        free(state);
+        http_job_reply_error(base, 404, "session_not_found", "no persistent session for %s here",
+                             job->client_id);
+        return;
+    }
+    if (st != RMQ_OK) {
+        free(state);
+        http_job_reply_error(base, 500, "internal", "out of memory");
+        return;
+    }
+    if (job->drop) {
+        http_job_reply_json(base, 200, json_pack("{s:s}", "dropped", job->client_id));
+        return;
+    }
+    sm->handed_out++;
+    http_job_reply_text(base, 200, STATE_TYPE, (char *)state, len);
+}
+
+static void
+handle_give(struct http_request *req, bool drop)
+{
+    struct sessions *sm = http_request_route(req)->arg;
+    const char *client_id = http_request_param(req, "client");
+    size_t n = strlen(client_id) + 1;
+    struct give_job *job = calloc(1, sizeof(*job) + n);
+    if (!job) {
+        http_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    job->sm = sm;
+    job->drop = drop;
+    memcpy(job->client_id, client_id, n);
+    http_job_post(broker_inbox(sm->broker), req, &job->base, give_run, give_destroy);
+}
+
+static void
+handle_handover(struct http_request *req, void *ctx)
+{
+    (void)ctx;
+    handle_give(req, false);
+}
+
+static void
+handle_drop(struct http_request *req, void *ctx)
+{
+    (void)ctx;
+    handle_give(req, true);
+}
+
+const struct http_route *
+sessions_internal_routes(struct sessions *sm, size_t *count)
+{
+    *count = 2;
+    return sm->routes;
+}
+
+/* ---- life cycle ---- */
+
+struct sessions *
+sessions_new(struct broker *broker, struct cluster *cluster, struct routes *routes,
+             struct redis_link *link, struct peer_client *peers,
+             const struct sessions_config *cfg)
+{
+    struct sessions *sm = calloc(1, sizeof(*sm));
+    if (!sm)
+        return NULL;
+    sm->broker = broker;
+    sm->cluster = cluster;
+    sm->link = link;
+    sm->peers = peers;
+    sm->cfg = cfg;
+    snprintf(sm->max_queued, sizeof(sm->max_queued), "%u", (unsigned)cfg->max_queued);
+    sm->routes[0] = (struct http_route){"POST", "/internal/v1/sessions/{client}/handover",
+                                        handle_handover, "sessions_handover", 0, sm};
+    sm->routes[1] = (struct http_route){"POST", "/internal/v1/sessions/{client}/drop",
+                                        handle_drop, "sessions_drop", 0, sm};
+    sm->script_owner = redis_link_script(link, owner_lua);
+    sm->script_load = redis_link_script(link, load_lua);
+    sm->script_online = redis_link_script(link, online_lua);
+    sm->script_end = redis_link_script(link, end_lua);
+    sm->script_adopt = redis_link_script(link, adopt_lua);
+    sm->observer = (struct broker_observer){.ctx = sm, .session = on_session};
+    if (sm->script_adopt < 0 || broker_add_observer(broker, &sm->observer) != RMQ_OK) {
+        log_error("sessions: cannot start");
+        free(sm);
+        return NULL;
+    }
+    cluster_set_session_prepare(cluster, prepare, sm);
+    routes_on_node_left(routes, on_node_left, sm);
+    return sm;
+}
+
+void
+sessions_stop(struct sessions *sm)
+{
+    if (!sm)
+        return;
+    cluster_set_session_prepare(sm->cluster, NULL, NULL);
+    for (struct prep *p = sm->preps; p; p = p->next)
+        prep_finish(p);
+}
+
+void
+sessions_free(struct sessions *sm)
+{
+    if (!sm)
+        return;
+    broker_remove_observer(sm->broker, &sm->observer);
+    while (sm->preps)
+        prep_free(sm->preps); /* none should be left: their callbacks ran */
+    free(sm);
+}
+
+void
+sessions_write_metrics(FILE *out, void *arg)
+{
+    const struct sessions *sm = arg;
+    metrics_family(out, "relaymq_sessions_moved_total", "counter",
+                   "persistent sessions moved between nodes, by how");
+    fprintf(out, "relaymq_sessions_moved_total{how=\"handed_in\"} %" PRIu64 "\n", sm->handed_in);
+    fprintf(out, "relaymq_sessions_moved_total{how=\"handed_out\"} %" PRIu64 "\n",
+            sm->handed_out);
+    fprintf(out, "relaymq_sessions_moved_total{how=\"restored_from_redis\"} %" PRIu64 "\n",
+            sm->restored);
+    fprintf(out, "relaymq_sessions_moved_total{how=\"adopted\"} %" PRIu64 "\n", sm->adopted);
+    fprintf(out, "relaymq_sessions_moved_total{how=\"dropped_remote\"} %" PRIu64 "\n",
+            sm->dropped_remote);
+    metrics_family(out, "relaymq_sessions_errors_total", "counter",
+                   "session copy problems: Redis errors, undecodable hand-overs");
+    fprintf(out, "relaymq_sessions_errors_total{kind=\"redis\"} %" PRIu64 "\n", sm->redis_errors);
+    fprintf(out, "relaymq_sessions_errors_total{kind=\"bad_state\"} %" PRIu64 "\n",
+            sm->bad_state);
+}

@@ -1,0 +1,67 @@
+/* Persistent sessions across nodes. A client with clean session 0 that
+ * reconnects to another node finds its subscriptions and the QoS 1/2
+ * messages kept for it:
+ *
+ *   - while the node holding the session is up, the new node asks it to
+ *     hand the session over (POST /internal/v1/sessions/{client}/handover:
+ *     the old node closes any connection, sends the subscriptions and the
+ *     messages it owes, and forgets the session);
+ *   - when that node is gone, the new node rebuilds the session from the
+ *     copy kept in Redis.
+ *
+ * The copy in Redis (prefix P): P sess:{client} hash {node, online,
+ * updated_ms}, P sess:{client}:subs hash filter -> QoS, P sess:{client}:queue
+ * list of messages (forward frames, cluster/forward_codec.h) kept while the
+ * client is offline, bounded by --max-queued-messages, and
+ * P node:{node}:sessions, the persistent sessions a node holds. The
+ * subscriptions are written as they change; the queue when the client goes
+ * offline and with every message queued after that. Messages a connected
+ * client has not acknowledged when its node dies are not in Redis (they
+ * would put Redis on the per-message path).
+ *
+ * Loop thread only. */
+#ifndef RMQ_CLUSTER_SESSIONS_H
+#define RMQ_CLUSTER_SESSIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct broker;
+struct cluster;
+struct redis_link;
+struct routes;
+struct peer_client;
+struct http_route;
+struct sessions;
+
+struct sessions_config {
+    const char *prefix;
+    const char *node_id;
+    uint32_t max_queued; /* queue bound in Redis, as the broker's */
+};
+
+/* Hooks into the broker (session changes), the cluster (before CONNACK)
+ * and the route table (a node that left: its offline sessions are adopted
+ * by the first survivor to ask, so messages for them are kept until the
+ * clients come back). Borrows everything; peers may be NULL (then only
+ * Redis). */
+struct sessions *sessions_new(struct broker *broker, struct cluster *cluster,
+                              struct routes *routes, struct redis_link *link,
+                              struct peer_client *peers, const struct sessions_config *cfg);
+
+/* Lets every client still waiting for its session go on without it.
+ * Before the cluster is freed. */
+void sessions_stop(struct sessions *sm);
+
+/* After the Redis link and the peer client are freed (their last
+ * callbacks reach it), before the broker. NULL-safe. */
+void sessions_free(struct sessions *sm);
+
+/* The internal routes (.../handover, .../drop), whose arg is sm. */
+const struct http_route *sessions_internal_routes(struct sessions *sm, size_t *count);
+
+/* A /metrics source. */
+void sessions_write_metrics(FILE *out, void *arg);
+
+#endif
