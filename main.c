@@ -407,8 +407,10 @@ run(const struct settings *s)
             goto fail;
         sess_cfg = (struct sessions_config){.prefix = s->redis_prefix,
                                             .node_id = s->node_id,
-                                            .max_queued = (uint32_t)s->max_queued_messages};
-        if (!(sessions = sessions_new(broker, cluster, routes, cluster_redis(cluster), peers,
+                                            .max_queued = (uint32_t)s->max_queued_messages,
+                                            .advertise = s->advertise ? s->advertise
+                                                                      : s->internal};
+        if (!(sessions = sessions_new(base, broker, cluster, routes, cluster_redis(cluster), peers,
                                       &sess_cfg)))
             goto fail;
     }
@@ -471,6 +473,7 @@ fail:
         broker_close_all(broker); /* the cluster records each release */
     }
     bridge_writer_drain(bridge, 3000);
+    sessions_drain(sessions, 4000);
     forwarder_drain(forwarder, 3000);
     routes_free(routes); /* leaves the route table while the link is still up */
     internal_api_stop(apis.internal);

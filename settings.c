@@ -9,12 +9,13 @@
 
 const struct config_option settings_options[] = {
     OPT("listen", CONFIG_LIST, "127.0.0.1:1883", listen, 0, 0,
-        "MQTT listener [tcp://|tls://]HOST:PORT[?key=value&...] (repeatable)"),
+        "MQTT listener [tcp://|tls://|ws://|wss://]HOST:PORT[?key=value&...] (repeatable)"),
     OPT("proxy-protocol", CONFIG_STRING, "off", proxy_protocol, 0, 0,
         "expect a PROXY protocol header on every listener: off, on (v1 or v2), v1 or v2"),
     OPT("tls-cert", CONFIG_STRING, NULL, tls_cert, 0, 0,
-        "PEM certificate chain of tls:// listeners"),
-    OPT("tls-key", CONFIG_STRING, NULL, tls_key, 0, 0, "PEM private key of tls:// listeners"),
+        "PEM certificate chain of tls:// and wss:// listeners"),
+    OPT("tls-key", CONFIG_STRING, NULL, tls_key, 0, 0,
+        "PEM private key of tls:// and wss:// listeners"),
     OPT("tls-ca-file", CONFIG_STRING, NULL, tls_ca_file, 0, 0,
         "PEM CA certificates that client certificates must chain to"),
     OPT("tls-require-certificate", CONFIG_BOOL, "false", tls_require_certificate, 0, 0,

@@ -379,6 +379,7 @@ broker_free(struct broker *b)
         event_free(b->sys_ev);
     topic_tree_free(b->subs);
     retain_free(b->retained);
+    session_free_ghosts(b); /* before the wheel their timers are on */
     timer_wheel_free(b->wheel);
     hashmap_free(b->filter_refs);
     free(b->matched);

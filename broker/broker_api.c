@@ -290,6 +290,31 @@ broker_api_route_remote(struct broker *b, const char *topic, size_t topic_len, c
     return RMQ_OK;
 }
 
+struct backed_up_ctx {
+    uint32_t high;
+    bool found;
+};
+
+static void
+on_backed_up_match(void *subscriber, uint8_t qos, void *arg)
+{
+    struct backed_up_ctx *x = arg;
+    const struct session *s = subscriber;
+    if (qos > 0 && s->conn && s->queue_len >= x->high)
+        x->found = true;
+}
+
+bool
+broker_api_remote_backed_up(struct broker *b, const char *topic, size_t topic_len, uint8_t qos)
+{
+    uint32_t max = b->cfg->max_queued_messages;
+    struct backed_up_ctx x = {max > 1 ? max / 2 : 1, false};
+    if (qos == 0 || !b->cfg->backpressure_timeout_ms)
+        return false;
+    topic_tree_match(b->subs, topic, topic_len, on_backed_up_match, &x);
+    return x.found;
+}
+
 enum rmq_status
 broker_api_retain_load(struct broker *b, const char *topic, size_t topic_len, const void *payload,
                        size_t payload_len, uint8_t qos)

@@ -94,8 +94,27 @@ enum rmq_status broker_api_session_walk(struct broker *b, const char *client_id,
 
 /* Gives the session up to another node: closes its connection if it has
  * one (as a takeover) and frees it without telling observers it ended.
- * RMQ_NOT_FOUND if there is none. */
-enum rmq_status broker_api_session_release(struct broker *b, const char *client_id);
+ * With to_addr (that node's internal API), the session's subscriptions
+ * stay here for ghost_ms as a ghost: what they match meanwhile (messages
+ * other nodes still send here before they learn the new route) goes to the
+ * broker's redirect hook for to_addr. RMQ_NOT_FOUND if there is none. */
+enum rmq_status broker_api_session_release(struct broker *b, const char *client_id,
+                                           const char *to_addr, uint64_t ghost_ms);
+
+/* Ghost sessions still redirecting. */
+size_t broker_api_ghost_count(struct broker *b);
+
+/* Installs the hook that sends a ghost's messages to their new node. */
+void broker_api_set_redirect(struct broker *b,
+                             void (*fn)(void *ctx, const char *addr, const char *client_id,
+                                        const struct broker_message *m));
+
+/* A message for one session (a redirect from the node it left): delivered
+ * to it at qos if it is here, else dropped (RMQ_NOT_FOUND). */
+enum rmq_status broker_api_deliver_session(struct broker *b, const char *client_id,
+                                           const char *topic, size_t topic_len,
+                                           const void *payload, size_t payload_len, uint8_t qos,
+                                           bool retain);
 
 /* Creates (replacing any local one) an offline persistent session with
  * these subscriptions and queued messages, as recovered from another node
@@ -105,8 +124,16 @@ enum rmq_status broker_api_session_import(struct broker *b, const char *client_i
                                           const uint8_t *qos, size_t sub_count,
                                           const struct broker_message *msgs, size_t msg_count);
 
+/* Sessions held here (after broker_close_all: the persistent ones). */
+size_t broker_api_session_count(struct broker *b);
+
 /* True if a persistent session for client_id is held here. */
 bool broker_api_has_persistent_session(struct broker *b, const char *client_id);
+
+/* True if a message on topic at qos would reach a connected QoS 1/2
+ * subscriber whose queue is past the mark where publishers are paused. */
+bool broker_api_remote_backed_up(struct broker *b, const char *topic, size_t topic_len,
+                                 uint8_t qos);
 
 /* Puts a retained message into the local store without routing it (the
  * cluster loading the retained messages kept in Redis). */

@@ -149,6 +149,12 @@ struct session {
     uint64_t throttled_since_ms;
     bool stalled; /* paused publishers too long: overflow is dropped until it drains */
     bool leaving; /* handed to another node: its end is not an end */
+    /* A ghost: the session went to the node at ghost_addr; for a short while
+     * its subscriptions stay here and what they match is sent on there. */
+    char *ghost_addr;
+    struct broker *ghost_broker;
+    struct timer_entry ghost_timer;
+    struct session *ghost_next;
 
     uint16_t *qos2_in; /* packet ids of QoS 2 publishes received, awaiting PUBREL */
     uint16_t qos2_in_count, qos2_in_cap;
@@ -201,6 +207,9 @@ struct broker {
     bool from_peer;            /* routing a message another node forwarded */
     struct hashmap *filter_refs; /* filter -> subscriptions to it (as a uintptr_t) */
     size_t forward_paused;       /* connections paused for the forwarder (an upper bound) */
+    struct session *ghosts;      /* sessions handed over, still redirecting */
+    void (*redirect)(void *ctx, const char *addr, const char *client_id,
+                     const struct broker_message *m);
 
     struct conn *conns; /* every connection */
     struct conn *dirty; /* connections with output to flush */
@@ -238,6 +247,13 @@ void session_notify(struct broker *b, const struct session *s, enum broker_sessi
                     const char *filter, size_t filter_len, uint8_t qos,
                     const struct message *msg);
 
+/* Sends what a ghost session matched to the node it moved to. */
+void session_redirect(struct broker *b, struct session *s, const struct route *r, uint8_t qos,
+                      bool retain);
+
+/* Frees every ghost (broker_free). */
+void session_free_ghosts(struct broker *b);
+
 /* ---- broker_routes.c: subscriptions as the cluster sees them ---- */
 
 /* topic_tree_subscribe/unsubscribe on b->subs, keeping the count of
@@ -246,6 +262,10 @@ void session_notify(struct broker *b, const struct session *s, enum broker_sessi
 enum rmq_status broker_subscribe(struct broker *b, const char *filter, size_t len, void *s,
                                  uint8_t qos, bool *replaced);
 enum rmq_status broker_unsubscribe(struct broker *b, const char *filter, size_t len, void *s);
+
+/* The count part of broker_unsubscribe alone: a ghost keeps matching its
+ * filters here while the cluster stops sending them here. */
+void broker_filter_release(struct broker *b, const char *filter, size_t len);
 
 /* Hands a message routed here to the forwarder (unless it came from a peer). */
 void broker_forward(struct broker *b, const struct route *r);

@@ -46,8 +46,17 @@ enum rmq_status
 broker_unsubscribe(struct broker *b, const char *filter, size_t len, void *s)
 {
     enum rmq_status st = topic_tree_unsubscribe(b->subs, filter, len, s);
-    if (st != RMQ_OK || !b->filter_refs)
+    if (st != RMQ_OK)
         return st;
+    broker_filter_release(b, filter, len);
+    return RMQ_OK;
+}
+
+void
+broker_filter_release(struct broker *b, const char *filter, size_t len)
+{
+    if (!b->filter_refs)
+        return;
     uintptr_t n = (uintptr_t)hashmap_get(b->filter_refs, filter, len);
     if (n > 1) {
         hashmap_put(b->filter_refs, filter, len, (void *)(n - 1), NULL); /* in place: no allocation */
@@ -55,7 +64,6 @@ broker_unsubscribe(struct broker *b, const char *filter, size_t len, void *s)
         hashmap_remove(b->filter_refs, filter, len);
         tell(b, filter, len, false);
     }
-    return RMQ_OK;
 }
 
 void

@@ -125,7 +125,10 @@ session_free(struct broker *b, struct session *s)
     session_notify(b, s, SESSION_ENDED, NULL, 0, 0, NULL);
     session_unthrottle(b, s);
     for (uint32_t i = 0; i < s->sub_count; i++) {
-        broker_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
+        if (s->ghost_addr) /* its filters' counts were released when it became a ghost */
+            topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
+        else
+            broker_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
         free(s->subs[i].filter);
     }
     free(s->subs);
@@ -140,6 +143,8 @@ session_free(struct broker *b, struct session *s)
         q = next;
     }
     free(s->qos2_in);
+    free(s->ghost_addr);
+    timer_entry_cancel(&s->ghost_timer);
     free(s->client_id);
     free(s);
 }
@@ -294,6 +299,10 @@ pump(struct broker *b, struct session *s)
 void
 session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qos, bool retain)
 {
+    if (s->ghost_addr) {
+        session_redirect(b, s, r, qos, retain);
+        return;
+    }
     if (qos == 0) {
         struct conn *c = s->conn;
         if (!c)

@@ -3,6 +3,7 @@
  * that move a session to the node its client reconnects to. A session
  * being moved is marked `leaving`: its departure is not reported as an
  * end. Loop thread only. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +46,12 @@ persistent(struct broker *b, const char *client_id)
 {
     struct session *s = hashmap_get(b->sessions, client_id, strlen(client_id));
     return s && !s->clean ? s : NULL;
+}
+
+size_t
+broker_api_session_count(struct broker *b)
+{
+    return hashmap_count(b->sessions);
 }
 
 bool
@@ -101,14 +108,129 @@ let_go(struct broker *b, struct session *s)
     session_free(b, s);
 }
 
+static void
+ghost_unlink(struct broker *b, struct session *s)
+{
+    struct session **pp = &b->ghosts;
+    while (*pp && *pp != s)
+        pp = &(*pp)->ghost_next;
+    if (*pp)
+        *pp = s->ghost_next;
+}
+
+static void
+on_ghost_expired(struct timer_entry *e, uint64_t now)
+{
+    (void)now;
+    struct session *s = (struct session *)((char *)e - offsetof(struct session, ghost_timer));
+    struct broker *b = s->ghost_broker;
+    ghost_unlink(b, s);
+    session_free(b, s); /* its filters go: the route table forgets them here */
+}
+
+/* Keeps s's subscriptions here as a ghost pointing at to_addr. */
+static bool
+make_ghost(struct broker *b, struct session *s, const char *to_addr, uint64_t ghost_ms)
+{
+    if (!(s->ghost_addr = strdup(to_addr)))
+        return false;
+    s->ghost_broker = b;
+    /* Other nodes stop sending these filters here (unless another session
+     * holds them); what they already sent is still matched and redirected. */
+    for (uint32_t i = 0; i < s->sub_count; i++)
+        broker_filter_release(b, s->subs[i].filter, s->subs[i].len);
+    s->ghost_next = b->ghosts;
+    b->ghosts = s;
+    timer_entry_init(&s->ghost_timer, on_ghost_expired);
+    timer_wheel_schedule(b->wheel, &s->ghost_timer, broker_now(b) + ghost_ms);
+    return true;
+}
+
+void
+session_free_ghosts(struct broker *b)
+{
+    while (b->ghosts) {
+        struct session *s = b->ghosts;
+        b->ghosts = s->ghost_next;
+        session_free(b, s);
+    }
+}
+
+size_t
+broker_api_ghost_count(struct broker *b)
+{
+    size_t n = 0;
+    for (const struct session *s = b->ghosts; s; s = s->ghost_next)
+        n++;
+    return n;
+}
+
 enum rmq_status
-broker_api_session_release(struct broker *b, const char *client_id)
+broker_api_session_release(struct broker *b, const char *client_id, const char *to_addr,
+                           uint64_t ghost_ms)
 {
     struct session *s = persistent(b, client_id);
     if (!s)
         return RMQ_NOT_FOUND;
     log_info("client %s: session handed to another node", client_id);
-    let_go(b, s);
+    if (!to_addr || !ghost_ms || !b->redirect) {
+        let_go(b, s);
+        return RMQ_OK;
+    }
+    s->leaving = true;
+    if (s->conn) {
+        b->metrics.takeovers++;
+        conn_close(s->conn, CLOSE_TAKEOVER);
+    }
+    hashmap_remove(b->sessions, s->client_id, s->client_id_len);
+    broker_refresh_clock(b);
+    if (!make_ghost(b, s, to_addr, ghost_ms))
+        session_free(b, s);
+    return RMQ_OK;
+}
+
+void
+session_redirect(struct broker *b, struct session *s, const struct route *r, uint8_t qos,
+                 bool retain)
+{
+    struct broker_message m = {.topic = r->topic,
+                               .topic_len = r->topic_len,
+                               .payload = r->payload,
+                               .payload_len = r->payload_len,
+                               .qos = qos,
+                               .retain = retain};
+    if (b->redirect)
+        b->redirect(b->forward_ctx, s->ghost_addr, s->client_id, &m);
+}
+
+void
+broker_api_set_redirect(struct broker *b,
+                        void (*fn)(void *ctx, const char *addr, const char *client_id,
+                                   const struct broker_message *m))
+{
+    b->redirect = fn;
+}
+
+enum rmq_status
+broker_api_deliver_session(struct broker *b, const char *client_id, const char *topic,
+                           size_t topic_len, const void *payload, size_t payload_len,
+                           uint8_t qos, bool retain)
+{
+    struct session *s = hashmap_get(b->sessions, client_id, strlen(client_id));
+    if (!s || qos > 2 || topic_len > UINT16_MAX || payload_len > UINT32_MAX)
+        return RMQ_NOT_FOUND;
+    broker_refresh_clock(b);
+    struct route r = {
+        .topic = topic,
+        .topic_len = (uint16_t)topic_len,
+        .payload = payload,
+        .payload_len = (uint32_t)payload_len,
+        .qos = qos,
+        .retain = retain,
+    };
+    session_deliver(b, s, &r, qos, retain);
+    message_unref(r.msg);
+    b->metrics.messages_from_peers++;
     return RMQ_OK;
 }
 

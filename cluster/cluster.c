@@ -303,7 +303,7 @@ cluster_free(struct cluster *cl)
         const char *srem[] = {"SREM", cl->key_nodes, cl->cfg->node_id};
         redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 2, del, NULL);
         redis_link_argv(cl->redis, cluster_ignore_reply, NULL, 3, srem, NULL);
-        redis_link_flush(cl->redis, 500);
+        redis_link_wait(cl->redis, 1000);
     }
     if (cl->heartbeat)
         event_free(cl->heartbeat);

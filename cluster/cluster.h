@@ -42,7 +42,8 @@ struct cluster_config {
  * main once the internal API client exists; without it a takeover across
  * nodes only updates the registry. */
 typedef void (*cluster_close_remote_fn)(void *ctx, const char *node, const char *addr,
-                                        uint64_t epoch, uint64_t channel, const char *reason);
+                                        uint64_t epoch, uint64_t channel, const char *reason,
+                                        void (*done)(void *arg, bool unreached), void *arg);
 
 /* Connects to Redis and hooks into the broker. Borrows everything.
  * NULL on failure (logged). */

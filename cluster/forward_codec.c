@@ -5,10 +5,31 @@
 
 #include "broker/topic.h"
 
+size_t
+forward_frame_len(const uint8_t *p)
+{
+    size_t extra = 0;
+    if (p[0] & 8u) {
+        extra = 3 + ((size_t)p[1] << 8 | p[2]);
+        p += extra;
+    }
+    size_t tlen = (size_t)p[1] << 8 | p[2];
+    const uint8_t *q = p + 3 + tlen;
+    size_t plen = (size_t)q[0] << 24 | (size_t)q[1] << 16 | (size_t)q[2] << 8 | q[3];
+    return extra + FORWARD_FRAME_OVERHEAD + tlen + plen;
+}
+
 void
 forward_frame_write(uint8_t *out, const struct forward_frame *f)
 {
-    out[0] = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u));
+    out[0] = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | (f->target ? 8u : 0u));
+    if (f->target) {
+        out[1] = (uint8_t)(f->target_len >> 8);
+        out[2] = (uint8_t)f->target_len;
+        memcpy(out + 3, f->target, f->target_len);
+        out += 3 + f->target_len; /* then the frame as if untargeted, flags repeated */
+        out[0] = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | 8u);
+    }
     out[1] = (uint8_t)(f->topic_len >> 8);
     out[2] = (uint8_t)f->topic_len;
     memcpy(out + 3, f->topic, f->topic_len);
@@ -30,8 +51,21 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
     if (at > len || len - at < 3)
         return RMQ_PROTOCOL;
     uint8_t flags = buf[at];
+    const char *target = NULL;
+    size_t target_len = 0;
+    if ((flags & ~15u) || (flags & 3u) == 3u)
+        return RMQ_PROTOCOL;
+    if (flags & 8u) {
+        target_len = (size_t)buf[at + 1] << 8 | buf[at + 2];
+        if (target_len == 0 || len - at < 3 + target_len + 3)
+            return RMQ_PROTOCOL;
+        target = (const char *)buf + at + 3;
+        at += 3 + target_len; /* buf[at] repeats the flags byte */
+        if (buf[at] != flags)
+            return RMQ_PROTOCOL;
+    }
     size_t tlen = (size_t)buf[at + 1] << 8 | buf[at + 2];
-    if ((flags & ~7u) || (flags & 3u) == 3u || len - at - 3 < tlen + 4)
+    if (len - at - 3 < tlen + 4)
         return RMQ_PROTOCOL;
     const uint8_t *p = buf + at + 3 + tlen;
     size_t plen = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
@@ -47,6 +81,8 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
         .payload_len = plen,
         .qos = flags & 3u,
         .retain = (flags & 4u) != 0,
+        .target = target,
+        .target_len = target_len,
     };
     *pos = at + 3 + tlen + 4 + plen;
     return RMQ_OK;

@@ -1,7 +1,10 @@
 /* The wire format of messages forwarded between nodes: a batch is a plain
  * concatenation of frames, each
  *
- *   u8  flags        bits 0-1 QoS, bit 2 retain, others 0
+ *   u8  flags        bits 0-1 QoS, bit 2 retain, bit 3 targeted, others 0
+ *   [u16 client id length, the client id, u8 flags again]   only when
+ *                    targeted: the message is for that one session (a
+ *                    redirect after a hand-over)
  *   u16 topic length (big endian), then the topic (a valid topic name)
  *   u32 payload length (big endian), then the payload
  *
@@ -25,6 +28,8 @@ struct forward_frame {
     size_t payload_len;
     uint8_t qos;
     bool retain;
+    const char *target; /* a client id, or NULL: for the node's subscribers */
+    size_t target_len;
 };
 
 /* Bytes one frame takes. */
@@ -34,7 +39,18 @@ forward_frame_size(size_t topic_len, size_t payload_len)
     return FORWARD_FRAME_OVERHEAD + topic_len + payload_len;
 }
 
-/* Writes one frame at out (forward_frame_size bytes). topic_len must fit in
+/* Bytes frame f takes (targeted or not). */
+static inline size_t
+forward_frame_size_of(const struct forward_frame *f)
+{
+    return forward_frame_size(f->topic_len, f->payload_len) + (f->target ? 3 + f->target_len : 0);
+}
+
+/* Length of the whole frame at p, which must hold a frame this module
+ * wrote (no checks: for walking one's own buffers). */
+size_t forward_frame_len(const uint8_t *p);
+
+/* Writes one frame at out (forward_frame_size_of bytes). topic_len must fit in
  * 16 bits and payload_len in FORWARD_MAX_PAYLOAD (callers route only MQTT
  * messages, which do). */
 void forward_frame_write(uint8_t *out, const struct forward_frame *f);

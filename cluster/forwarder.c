@@ -26,6 +26,7 @@
 #include "cluster/forward_codec.h"
 #include "cluster/redis_link.h"
 #include "cluster/routes.h"
+#include "common/clock.h"
 #include "common/hashmap.h"
 #include "common/inbox.h"
 #include "common/log.h"
@@ -35,6 +36,7 @@
 
 #define MAX_TRIES 5
 #define RECV_PAUSE_MS 2 /* a backed-up batch looks again after this */
+#define MAX_HOLD_MS 4000 /* below the peer client's 5 s request timeout */
 #define HIGH_WATER_DIV 64 /* pause publishers above max_buffer / 64 pending for a peer */
 #define LOW_WATER_DIV 256 /* resume when every peer is below max_buffer / 256 */
 #define RETRY_MS 100
@@ -76,6 +78,7 @@ struct forwarder {
     /* counters */
     uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
     uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
+    uint64_t redirects_out, redirects_in;
     _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
     /* per-message scratch for the routes callback */
     const struct forward_frame *frame;
@@ -165,7 +168,7 @@ append_to(void *arg, const char *node, const char *addr)
 {
     struct forwarder *f = arg;
     const struct forward_frame *fr = f->frame;
-    size_t size = forward_frame_size(fr->topic_len, fr->payload_len);
+    size_t size = forward_frame_size_of(fr);
     struct link *l = link_get(f, node, addr);
     if (!l || l->len - l->head + size > f->cfg->max_buffer || !reserve(l, size)) {
         f->dropped_full++;
@@ -239,16 +242,6 @@ on_sent(const struct peer_result *res, void *arg)
     }
 }
 
-/* Length of the first frame at p (which holds a whole frame). */
-static size_t
-frame_len(const uint8_t *p)
-{
-    size_t tlen = (size_t)p[1] << 8 | p[2];
-    const uint8_t *q = p + 3 + tlen;
-    size_t plen = (size_t)q[0] << 24 | (size_t)q[1] << 16 | (size_t)q[2] << 8 | q[3];
-    return FORWARD_FRAME_OVERHEAD + tlen + plen;
-}
-
 static void
 post_batch(struct link *l)
 {
@@ -267,8 +260,8 @@ send_next(struct link *l)
     if (l->sending || l->head == l->len)
         return;
     size_t at = l->head, frames = 0;
-    while (at < l->len && (frames == 0 || at - l->head + frame_len(l->buf + at) <= l->f->cfg->max_batch)) {
-        at += frame_len(l->buf + at);
+    while (at < l->len && (frames == 0 || at - l->head + forward_frame_len(l->buf + at) <= l->f->cfg->max_batch)) {
+        at += forward_frame_len(l->buf + at);
         frames++;
     }
     l->sending = at - l->head;
@@ -403,6 +396,34 @@ on_forward(void *ctx, const struct broker_message *m)
         schedule_flush(f);
 }
 
+/* A ghost session's message (broker_api_set_redirect): to the node the
+ * session moved to, for that session only. */
+static void
+on_redirect(void *ctx, const char *addr, const char *client_id, const struct broker_message *m)
+{
+    struct forwarder *f = ctx;
+    struct forward_frame fr = {
+        .topic = m->topic,
+        .topic_len = m->topic_len,
+        .payload = m->payload,
+        .payload_len = m->payload_len,
+        .qos = m->qos,
+        .retain = m->retain,
+        .target = client_id,
+        .target_len = strlen(client_id),
+    };
+    if (fr.target_len > UINT16_MAX)
+        return;
+    f->frame = &fr;
+    f->appended = false;
+    append_to(f, addr, addr); /* a link of its own, named by the address */
+    f->frame = NULL;
+    if (f->appended) {
+        f->redirects_out++;
+        schedule_flush(f);
+    }
+}
+
 /* ---- receiving ---- */
 
 struct recv_job {
@@ -410,7 +431,8 @@ struct recv_job {
     struct forwarder *f;
     const uint8_t *body; /* the deferred request's, valid until the reply */
     size_t len, pos, routed;
-    uint64_t waited_ms;  /* paused so far for backed-up subscribers */
+    uint64_t paused_since; /* monotonic ms of the first pause, 0 = never paused */
+    bool check_next;       /* look before routing the next frame (after a pause) */
     struct event *resume;
 };
 
@@ -423,24 +445,34 @@ recv_destroy(struct http_job *base)
     free(job);
 }
 
-static void recv_run(struct http_job *base);
-
-/* Routes what is left without pausing, then answers. */
+/* Routes one frame: to the local subscribers, or to one session. */
 static void
-recv_rest(struct recv_job *job)
+deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_up)
 {
-    struct forward_frame fr;
-    bool backed_up;
-    while (forward_frame_next(job->body, job->len, &job->pos, &fr) == RMQ_OK) {
-        broker_api_route_remote(job->f->broker, fr.topic, fr.topic_len, fr.payload,
-                                fr.payload_len, fr.qos, fr.retain, &backed_up);
-        job->routed++;
+    *backed_up = false;
+    if (!fr->target) {
+        broker_api_route_remote(f->broker, fr->topic, fr->topic_len, fr->payload,
+                                fr->payload_len, fr->qos, fr->retain, backed_up);
+        return;
     }
+    char client_id[65536];
+    memcpy(client_id, fr->target, fr->target_len);
+    client_id[fr->target_len] = '\0';
+    if (broker_api_deliver_session(f->broker, client_id, fr->topic, fr->topic_len, fr->payload,
+                                   fr->payload_len, fr->qos, fr->retain) == RMQ_OK)
+        f->redirects_in++;
+}
+
+static void
+recv_answer(struct recv_job *job)
+{
     job->f->recv_msgs += job->routed;
     job->f->recv_batches++;
     http_job_reply_json(&job->base, 200,
                         json_pack("{s:I}", "messages", (json_int_t)job->routed));
 }
+
+static void recv_run(struct http_job *base);
 
 static void
 on_recv_resume(evutil_socket_t fd, short what, void *arg)
@@ -450,36 +482,41 @@ on_recv_resume(evutil_socket_t fd, short what, void *arg)
     recv_run(arg);
 }
 
-/* Routes the batch's frames; when a local subscriber backs up, pauses (the
- * sender then waits for this answer, and pauses its own publishers) for
- * at most the broker's back-pressure timeout in all. */
+/* Routes the batch's frames; before a frame that would go to a backed-up
+ * local QoS 1/2 subscriber, pauses (the sender then waits for this answer
+ * and pauses its own publishers), for at most max_stall_ms in all (kept
+ * below the sender's request timeout, so a held batch is never re-sent). */
 static void
 recv_run(struct http_job *base)
 {
     struct recv_job *job = (struct recv_job *)base;
     struct forwarder *f = job->f;
+    uint64_t stall = f->cfg->max_stall_ms < MAX_HOLD_MS ? f->cfg->max_stall_ms : MAX_HOLD_MS;
+    size_t pos = job->pos;
     struct forward_frame fr;
-    bool backed_up = false;
-    while (!backed_up && forward_frame_next(job->body, job->len, &job->pos, &fr) == RMQ_OK) {
-        broker_api_route_remote(f->broker, fr.topic, fr.topic_len, fr.payload, fr.payload_len,
-                                fr.qos, fr.retain, &backed_up);
+    bool backed_up = false, check = job->check_next;
+    while (forward_frame_next(job->body, job->len, &pos, &fr) == RMQ_OK) {
+        /* Routing reports a subscriber past the mark; only then (and after a
+         * pause) is the next frame's target looked at first. */
+        bool held = job->paused_since && clock_monotonic_ms() - job->paused_since >= stall;
+        if (check && !held && !fr.target &&
+            broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {
+            if (!job->paused_since)
+                job->paused_since = clock_monotonic_ms();
+            if (job->resume || (job->resume = evtimer_new(f->base, on_recv_resume, job))) {
+                struct timeval tv = {0, RECV_PAUSE_MS * 1000};
+                f->recv_pauses++;
+                job->check_next = true;
+                evtimer_add(job->resume, &tv);
+                return; /* this frame is routed when the subscriber has room */
+            }
+        }
+        deliver_frame(f, &fr, &backed_up);
+        check = backed_up;
+        job->pos = pos;
         job->routed++;
     }
-    if (backed_up && job->pos < job->len && job->waited_ms < f->cfg->max_stall_ms &&
-        (job->resume || (job->resume = evtimer_new(f->base, on_recv_resume, job)))) {
-        struct timeval tv = {0, RECV_PAUSE_MS * 1000};
-        job->waited_ms += RECV_PAUSE_MS;
-        f->recv_pauses++;
-        evtimer_add(job->resume, &tv);
-        return;
-    }
-    if (backed_up && job->pos < job->len) {
-        recv_rest(job); /* waited long enough: the overflow is the subscribers' */
-        return;
-    }
-    f->recv_msgs += job->routed;
-    f->recv_batches++;
-    http_job_reply_json(base, 200, json_pack("{s:I}", "messages", (json_int_t)job->routed));
+    recv_answer(job);
 }
 
 /* HTTP thread: checks the whole batch before the loop sees it. */
@@ -586,6 +623,7 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
         return NULL;
     }
     broker_set_forwarder(broker, on_forward, f);
+    broker_api_set_redirect(broker, on_redirect);
     return f;
 }
 
@@ -595,6 +633,7 @@ forwarder_free(struct forwarder *f)
     if (!f)
         return;
     broker_set_forwarder(f->broker, NULL, NULL);
+    broker_api_set_redirect(f->broker, NULL);
     size_t pos = 0;
     const void *key;
     size_t len;
@@ -649,6 +688,12 @@ forwarder_write_metrics(FILE *out, void *arg)
             f->recv_pauses);
     fprintf(out, "relaymq_forward_batches_total{direction=\"in\",outcome=\"malformed\"} %" PRIu64 "\n",
             (uint64_t)f->recv_bad);
+    metrics_family(out, "relaymq_forward_redirects_total", "counter",
+                   "messages for a session that moved, sent on (out) and delivered (in)");
+    fprintf(out, "relaymq_forward_redirects_total{direction=\"out\"} %" PRIu64 "\n",
+            f->redirects_out);
+    fprintf(out, "relaymq_forward_redirects_total{direction=\"in\"} %" PRIu64 "\n",
+            f->redirects_in);
     metrics_family(out, "relaymq_forward_buffered_bytes", "gauge",
                    "bytes waiting to be forwarded to other nodes");
     fprintf(out, "relaymq_forward_buffered_bytes %zu\n", buffered);

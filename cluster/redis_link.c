@@ -13,6 +13,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,9 @@ struct redis_link {
     struct event *retry;
     struct script scripts[MAX_SCRIPTS];
     int script_count;
-    char *channel; /* subscriber links only */
+    uint64_t inflight; /* commands sent, reply not yet seen */
+    bool waiting;      /* redis_link_wait is running the loop */
+    char *channel;     /* subscriber links only */
     redis_link_message_cb on_message;
     void *message_arg;
     struct redis_link_stats stats;
@@ -305,6 +308,9 @@ on_reply(redisAsyncContext *ac, void *r, void *arg)
     struct redis_link *link = p->link;
     redisReply *reply = r;
     link->stats.latency_us_sum += now_us() - p->started_us;
+    link->inflight--;
+    if (link->waiting && link->inflight == 0)
+        event_base_loopbreak(link->base);
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         link->stats.errors++;
         if (reply)
@@ -329,6 +335,7 @@ redis_link_argv(struct redis_link *link, redis_link_cb cb, void *arg, int argc, 
         return RMQ_AGAIN;
     }
     link->stats.commands++;
+    link->inflight++;
     return RMQ_OK;
 }
 
@@ -372,6 +379,37 @@ redis_link_flush(struct redis_link *link, int timeout_ms)
             poll(&pfd, 1, 10);
         }
     }
+}
+
+static void
+on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+void
+redis_link_wait(struct redis_link *link, uint64_t timeout_ms)
+{
+    if (!link || !link->up || link->inflight == 0)
+        return;
+    struct event *timer = evtimer_new(link->base, on_wait_timeout, link->base);
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    if (!timer || evtimer_add(timer, &tv) != 0) {
+        if (timer)
+            event_free(timer);
+        redis_link_flush(link, (int)timeout_ms);
+        return;
+    }
+    uint64_t before = link->inflight;
+    link->waiting = true;
+    event_base_dispatch(link->base); /* until every answer came, the timeout, or a signal */
+    link->waiting = false;
+    event_free(timer);
+    if (link->inflight)
+        log_warn("redis %s:%d: %" PRIu64 " of %" PRIu64 " commands unanswered at shutdown",
+                 link->host, link->port, link->inflight, before);
 }
 
 void

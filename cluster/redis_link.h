@@ -76,6 +76,11 @@ enum rmq_status redis_link_eval(struct redis_link *link, int script, redis_link_
  * awaited. */
 void redis_link_flush(struct redis_link *link, int timeout_ms);
 
+/* At shutdown: runs the loop until every command sent so far is answered
+ * (so Redis has applied them before the connection closes), timeout_ms
+ * passes, or a signal arrives. No-op when the link is down. */
+void redis_link_wait(struct redis_link *link, uint64_t timeout_ms);
+
 void redis_link_stats(const struct redis_link *link, struct redis_link_stats *out);
 
 #endif

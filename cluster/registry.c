@@ -147,6 +147,60 @@ claim_ctx_free(struct claim_ctx *x)
     free(x);
 }
 
+/* The previous connection of a device that moved, for its offline event
+ * if its node cannot be reached to close it (and so report it). */
+struct orphan {
+    struct cluster *cl;
+    char *device, *client_id, *username, *node, *channel_id;
+};
+
+static void
+orphan_free(struct orphan *o)
+{
+    if (!o)
+        return;
+    free(o->device);
+    free(o->client_id);
+    free(o->username);
+    free(o->node);
+    free(o->channel_id);
+    free(o);
+}
+
+static struct orphan *
+orphan_new(struct cluster *cl, const struct claim_ctx *x, const char *node, const char *cid)
+{
+    struct orphan *o = calloc(1, sizeof(*o));
+    if (!o)
+        return NULL;
+    o->cl = cl;
+    o->device = strdup(x->device);
+    o->client_id = strdup(x->client_id);
+    o->username = x->username ? strdup(x->username) : NULL;
+    o->node = strdup(node);
+    o->channel_id = strdup(cid);
+    if (!o->device || !o->client_id || !o->node || !o->channel_id ||
+        (x->username && !o->username)) {
+        orphan_free(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The old node could not be asked: it is most likely dead, and the reaper
+ * will not find the device in its set any more (this claim moved it), so
+ * the offline event of the old connection is written here. Not touched
+ * when reached or cancelled (the cluster may be gone by then). */
+static void
+orphan_done(void *arg, bool unreached)
+{
+    struct orphan *o = arg;
+    if (o && unreached && !o->cl->closing)
+        registry_emit_event(o->cl, "offline", o->device, o->client_id, o->username, o->node, "",
+                            o->channel_id, "node_down");
+    orphan_free(o);
+}
+
 /* The claim is recorded (and the session, if any, is here): CONNACK. */
 static void
 claim_finish(void *arg)
@@ -184,7 +238,8 @@ on_claim_reply(struct redisReply *reply, void *arg)
             cl->remote_takeovers++;
             if (cl->close_remote && !cl->closing)
                 cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_epoch,
-                                 prev_channel, "takeover");
+                                 prev_channel, "takeover", orphan_done,
+                                 orphan_new(cl, x, prev_node, cid));
         }
     }
     if (!ok && reply)

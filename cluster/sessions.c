@@ -17,6 +17,7 @@
  * post jobs. */
 #include "cluster/sessions.h"
 
+#include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@
 
 #define KEY_MAX 768
 #define STATE_TYPE "application/x-relaymq-session"
+#define GHOST_MS 1000 /* a handed-over session's messages are redirected this long */
 
 /* ARGV: prefix, client. {node, addr or ''} of the holder, or {}. */
 static const char owner_lua[] =
@@ -108,6 +110,8 @@ struct sessions {
     struct broker_observer observer;
     struct http_route routes[2];
     struct prep *preps;
+    struct event_base *base;
+    bool draining; /* sessions_drain is running the loop */
     int script_owner, script_load, script_online, script_end, script_adopt;
     char max_queued[16];
     uint64_t handed_in, handed_out, restored, adopted, dropped_remote, redis_errors, bad_state;
@@ -166,8 +170,12 @@ static void
 enc_msg(void *arg, const struct broker_message *m)
 {
     struct encoder *e = arg;
-    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, m->qos,
-                              m->retain};
+    struct forward_frame f = {.topic = m->topic,
+                              .topic_len = m->topic_len,
+                              .payload = m->payload,
+                              .payload_len = m->payload_len,
+                              .qos = m->qos,
+                              .retain = m->retain};
     uint8_t *p = buf_room(&e->out, forward_frame_size(m->topic_len, m->payload_len));
     if (p)
         forward_frame_write(p, &f);
@@ -448,7 +456,14 @@ on_owner(struct redisReply *r, void *arg)
     if (!here && addr && *addr && sm->peers && escaped) {
         snprintf(path, sizeof(path), "/internal/v1/sessions/%s/handover", escaped);
         free(escaped);
-        if (peer_client_request(sm->peers, addr, "POST", path, NULL, on_handover, p) == RMQ_OK)
+        /* Our address: the holder redirects what it still receives for the
+         * session here until the other nodes learn its new route. */
+        json_t *body = json_pack("{s:s}", "addr", sm->cfg->advertise ? sm->cfg->advertise : "");
+        enum rmq_status st =
+            body ? peer_client_request(sm->peers, addr, "POST", path, body, on_handover, p)
+                 : RMQ_NOMEM;
+        json_decref(body);
+        if (st == RMQ_OK)
             return;
     } else {
         free(escaped);
@@ -529,8 +544,12 @@ collect_msg(void *arg, const struct broker_message *m)
         w->cap = cap;
     }
     size_t at = w->frames.len;
-    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, m->qos,
-                              m->retain};
+    struct forward_frame f = {.topic = m->topic,
+                              .topic_len = m->topic_len,
+                              .payload = m->payload,
+                              .payload_len = m->payload_len,
+                              .qos = m->qos,
+                              .retain = m->retain};
     uint8_t *p = buf_room(&w->frames, forward_frame_size(m->topic_len, m->payload_len));
     if (!p)
         return;
@@ -584,8 +603,12 @@ write_queued(struct sessions *sm, const char *client_id, const struct broker_mes
 {
     char qkey[KEY_MAX];
     key(sm, client_id, ":queue", qkey);
-    struct forward_frame f = {m->topic, m->topic_len, m->payload, m->payload_len, qos,
-                              m->retain};
+    struct forward_frame f = {.topic = m->topic,
+                              .topic_len = m->topic_len,
+                              .payload = m->payload,
+                              .payload_len = m->payload_len,
+                              .qos = qos,
+                              .retain = m->retain};
     size_t size = forward_frame_size(m->topic_len, m->payload_len);
     uint8_t *frame = malloc(size);
     if (!frame) {
@@ -747,6 +770,7 @@ struct give_job {
     struct http_job base;
     bool drop;
     struct sessions *sm;
+    char addr[256]; /* the asking node's internal API: a ghost points there */
     char client_id[];
 };
 
@@ -766,7 +790,8 @@ give_run(struct http_job *base)
     enum rmq_status st =
         job->drop ? RMQ_OK : encode_state(sm->broker, job->client_id, &state, &len);
     if (st == RMQ_OK)
-        st = broker_api_session_release(sm->broker, job->client_id);
+        st = broker_api_session_release(sm->broker, job->client_id,
+                                        job->drop || !*job->addr ? NULL : job->addr, GHOST_MS);
     if (st == RMQ_NOT_FOUND) {
         free(state);
         http_job_reply_error(base, 404, "session_not_found", "no persistent session for %s here",
@@ -800,6 +825,13 @@ handle_give(struct http_request *req, bool drop)
     job->sm = sm;
     job->drop = drop;
     memcpy(job->client_id, client_id, n);
+    size_t blen = 0;
+    const char *body = http_request_body(req, &blen);
+    json_t *doc = blen ? json_loadb(body, blen, 0, NULL) : NULL;
+    const char *addr = json_string_value(json_object_get(doc, "addr"));
+    if (addr && strlen(addr) < sizeof(job->addr))
+        strcpy(job->addr, addr);
+    json_decref(doc);
     http_job_post(broker_inbox(sm->broker), req, &job->base, give_run, give_destroy);
 }
 
@@ -827,13 +859,14 @@ sessions_internal_routes(struct sessions *sm, size_t *count)
 /* ---- life cycle ---- */
 
 struct sessions *
-sessions_new(struct broker *broker, struct cluster *cluster, struct routes *routes,
-             struct redis_link *link, struct peer_client *peers,
+sessions_new(struct event_base *base, struct broker *broker, struct cluster *cluster,
+             struct routes *routes, struct redis_link *link, struct peer_client *peers,
              const struct sessions_config *cfg)
 {
     struct sessions *sm = calloc(1, sizeof(*sm));
     if (!sm)
         return NULL;
+    sm->base = base;
     sm->broker = broker;
     sm->cluster = cluster;
     sm->link = link;
@@ -858,6 +891,55 @@ sessions_new(struct broker *broker, struct cluster *cluster, struct routes *rout
     cluster_set_session_prepare(cluster, prepare, sm);
     routes_on_node_left(routes, on_node_left, sm);
     return sm;
+}
+
+static void
+on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+/* Every 50 ms of the drain: done once no session is left here and no
+ * ghost still redirects. */
+static void
+on_drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct sessions *sm = arg;
+    if (broker_api_session_count(sm->broker) == 0 && broker_api_ghost_count(sm->broker) == 0)
+        event_base_loopbreak(sm->base);
+}
+
+void
+sessions_drain(struct sessions *sm, uint64_t timeout_ms)
+{
+    size_t before = sm ? broker_api_session_count(sm->broker) : 0;
+    if (!before && (!sm || broker_api_ghost_count(sm->broker) == 0))
+        return;
+    struct event *timer = evtimer_new(sm->base, on_drain_timeout, sm->base);
+    struct event *check = event_new(sm->base, -1, EV_PERSIST, on_drain_check, sm);
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    struct timeval every = {0, 50000};
+    if (!timer || !check || evtimer_add(timer, &tv) != 0 || event_add(check, &every) != 0) {
+        if (timer)
+            event_free(timer);
+        if (check)
+            event_free(check);
+        return;
+    }
+    log_info("sessions: %zu persistent session(s) here; waiting up to %" PRIu64
+             " ms for their clients to reconnect elsewhere",
+             before, timeout_ms);
+    sm->draining = true;
+    event_base_dispatch(sm->base); /* until all are handed over, the timeout or a signal */
+    sm->draining = false;
+    event_free(timer);
+    event_free(check);
+    log_info("sessions: %zu of %zu handed over before leaving; the rest are adopted from Redis",
+             before - broker_api_session_count(sm->broker), before);
 }
 
 void

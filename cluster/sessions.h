@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+struct event_base;
 struct broker;
 struct cluster;
 struct redis_link;
@@ -39,6 +40,7 @@ struct sessions_config {
     const char *prefix;
     const char *node_id;
     uint32_t max_queued; /* queue bound in Redis, as the broker's */
+    const char *advertise; /* this node's internal API address */
 };
 
 /* Hooks into the broker (session changes), the cluster (before CONNACK)
@@ -46,9 +48,16 @@ struct sessions_config {
  * by the first survivor to ask, so messages for them are kept until the
  * clients come back). Borrows everything; peers may be NULL (then only
  * Redis). */
-struct sessions *sessions_new(struct broker *broker, struct cluster *cluster,
-                              struct routes *routes, struct redis_link *link,
-                              struct peer_client *peers, const struct sessions_config *cfg);
+struct sessions *sessions_new(struct event_base *base, struct broker *broker,
+                              struct cluster *cluster, struct routes *routes,
+                              struct redis_link *link, struct peer_client *peers,
+                              const struct sessions_config *cfg);
+
+/* At shutdown, after the clients were disconnected: runs the loop so that
+ * clients reconnecting elsewhere get their sessions handed over, until none
+ * is left here, timeout_ms passes or a signal arrives. The rest are adopted
+ * by a survivor once this node leaves the route table. NULL-safe. */
+void sessions_drain(struct sessions *sm, uint64_t timeout_ms);
 
 /* Lets every client still waiting for its session go on without it.
  * Before the cluster is freed. */

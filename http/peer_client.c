@@ -580,6 +580,8 @@ peer_client_free(struct peer_client *pc)
 struct close_call {
     char node[64];
     uint64_t channel;
+    void (*done)(void *arg, bool unreached);
+    void *arg;
 };
 
 static void
@@ -589,6 +591,8 @@ close_done(const struct peer_result *res, void *arg)
     if (res->error != PEER_OK)
         log_warn("peer: closing connection %" PRIu64 " on node %s failed: %s", cc->channel,
                  cc->node, peer_error_name(res->error));
+    if (cc->done)
+        cc->done(cc->arg, res->error != PEER_OK && res->error != PEER_CANCELLED);
     else if (res->status != 200 && res->status != 404)
         log_warn("peer: closing connection %" PRIu64 " on node %s: HTTP %d", cc->channel, cc->node,
                  res->status);
@@ -608,7 +612,8 @@ peer_client_write_metrics(FILE *out, void *arg)
 
 void
 peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t epoch,
-                         uint64_t channel, const char *reason)
+                         uint64_t channel, const char *reason, void (*done)(void *arg, bool unreached),
+                         void *arg)
 {
     struct peer_client *pc = ctx;
     char path[96];
@@ -618,12 +623,16 @@ peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t
     if (cc) {
         snprintf(cc->node, sizeof(cc->node), "%s", node ? node : "?");
         cc->channel = channel;
+        cc->done = done;
+        cc->arg = arg;
     }
     if (!body || !cc || !addr || !*addr ||
         peer_client_request(pc, addr, "POST", path, body, close_done, cc) != RMQ_OK) {
         log_warn("peer: cannot ask node %s (%s) to close connection %" PRIu64, node ? node : "?",
                  addr ? addr : "no address", channel);
         free(cc);
+        if (done)
+            done(arg, true);
     }
     json_decref(body);
 }

@@ -17,6 +17,7 @@
 #define RMQ_HTTP_PEER_CLIENT_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -81,14 +82,16 @@ enum rmq_status peer_client_request_raw(struct peer_client *pc, const char *addr
                                         size_t len, const char *content_type, peer_client_cb cb,
                                         void *arg);
 
-/* Fire-and-forget POST /internal/v1/channels/{channel}/close with
- * {"reason": reason} to the node at addr; a failure is logged (a 404, the
- * connection already gone, is not one). ctx is the peer client. Its
- * signature is cluster_close_remote_fn's, so main can install it with
+/* POST /internal/v1/channels/{channel}/close with {"reason": reason} to the
+ * node at addr; a failure is logged (a 404, the connection already gone, is
+ * not one). done (optional) runs exactly once, with unreached true if the
+ * node could not be asked (it is probably dead: nobody else will report the
+ * connection's end). ctx is the peer client. Its signature is
+ * cluster_close_remote_fn's, so main can install it with
  * cluster_set_close_remote(cluster, peer_client_close_remote, pc). */
 void peer_client_close_remote(void *ctx, const char *node, const char *addr, uint64_t epoch,
-                              uint64_t channel,
-                              const char *reason);
+                              uint64_t channel, const char *reason,
+                              void (*done)(void *arg, bool unreached), void *arg);
 
 /* Percent-encodes one path segment (everything but unreserved
  * characters). malloc'd; NULL on failure. */

@@ -23,7 +23,11 @@
 #                     --redis on a fresh redis-server started per run and
 #                     --node-id b1). Default relaymq,mosquitto; one alone
 #                     gives absolute figures without ratios. E.g.
-#                     --brokers relaymq-redis,relaymq --scenarios connect
+#                     --brokers relaymq-redis,relaymq --scenarios connect;
+#                     relaymq-tls and mosquitto-tls listen with TLS only
+#                     (a self-signed EC P-256 certificate made per run,
+#                     TLS 1.3) and the load generator runs with --tls:
+#                     --brokers relaymq-tls,mosquitto-tls
 #   --check           pass --check to the message scenarios: exit status 3
 #                     on QoS 1/2 loss, QoS 0/2 duplicates or reordering,
 #                     counted in the table as "check failed"
@@ -77,7 +81,7 @@ SCENARIOS=(
 )
 QUICK_SCENARIOS="pairs pairs-q1 fanin fanout latency connect idle"
 
-usage() { sed -n '2,40p' "$0" | sed -n '/^#/!q;p' | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,45p' "$0" | sed -n '/^#/!q;p' | sed 's/^# \{0,1\}//'; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
 list_scenarios() {
     local s n a m
@@ -115,6 +119,8 @@ broker_label() {
     case "$1" in
     relaymq) echo RelayMQ ;;
     relaymq-redis) echo "RelayMQ+Redis" ;;
+    relaymq-tls) echo "RelayMQ/TLS" ;;
+    mosquitto-tls) echo "Mosquitto/TLS" ;;
     mosquitto) echo Mosquitto ;;
     *) echo "$1" ;;
     esac
@@ -127,8 +133,8 @@ check_brokers() {
     [ "$BROKER_A" != "$BROKER_B" ] || die "--brokers names the same broker twice"
     for b in $BROKER_A $BROKER_B; do
         case "$b" in
-        relaymq | relaymq-redis | mosquitto) ;;
-        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto)" ;;
+        relaymq | relaymq-redis | mosquitto | relaymq-tls | mosquitto-tls) ;;
+        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls)" ;;
         esac
     done
 }
@@ -252,16 +258,18 @@ if [ "$BUILD" = 1 ]; then
         [ -x "$BENCH" ] || die "building relaymq-bench failed; see $BUILD_DIR/bench-build.log"
         echo "bench.sh: building relaymq-bench failed, using the existing binary" >&2
     fi
-    if want_broker relaymq || want_broker relaymq-redis; then
+    if want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls; then
         cmake --build "$BUILD_DIR" --target relaymq -j "$JOBS" >/dev/null ||
             die "building relaymq failed; run with --brokers mosquitto for Mosquitto alone"
     fi
 fi
 [ -x "$BENCH" ] || die "$BENCH is missing (drop --no-build)"
-if want_broker relaymq || want_broker relaymq-redis; then
+if want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls; then
     [ -x "$RELAYMQ" ] || die "$RELAYMQ is missing"
 fi
-if want_broker mosquitto; then command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"; fi
+if want_broker mosquitto || want_broker mosquitto-tls; then
+    command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"
+fi
 if want_broker relaymq-redis; then
     command -v "$REDIS_SERVER" >/dev/null || die "redis-server not found (REDIS_SERVER)"
 fi
@@ -273,6 +281,14 @@ OUT=${OUT:-$BUILD_DIR/bench-results/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RAW="$OUT/results.txt"
 : >"$RAW"
+# The TLS brokers share one throw-away certificate.
+if want_broker relaymq-tls || want_broker mosquitto-tls; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -keyout "$OUT/tls.key" -out "$OUT/tls.crt" >/dev/null 2>&1 ||
+        die "openssl could not make the benchmark certificate"
+    # Mosquitto started as root drops to its own user, which must read it.
+    chmod 0644 "$OUT/tls.key"
+fi
 
 # ---- brokers ----
 BROKER_PID=""
@@ -370,6 +386,16 @@ start_broker() {
         printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$OUT/$tag.conf"
         "$MOSQUITTO" -c "$OUT/$tag.conf" >"$log" 2>&1 &
         ;;
+    relaymq-tls)
+        "$RELAYMQ" --listen "tls://127.0.0.1:$port" --tls-cert "$OUT/tls.crt" \
+            --tls-key "$OUT/tls.key" --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" >"$log" 2>&1 &
+        ;;
+    mosquitto-tls)
+        printf 'listener %s 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n' \
+            "$port" "$OUT/tls.crt" "$OUT/tls.key" >"$OUT/$tag.conf"
+        "$MOSQUITTO" -c "$OUT/$tag.conf" >"$log" 2>&1 &
+        ;;
     esac
     BROKER_PID=$!
     BROKER_PORT=$port
@@ -422,6 +448,7 @@ run_one() {
         return
     fi
     [[ "$args" == idle* ]] && args="$args --broker-pid $BROKER_PID"
+    [[ "$broker" == *-tls ]] && args="$args --tls"
     # In the background so that a signal to this script is handled at once.
     # shellcheck disable=SC2086
     "$BENCH" $args --port "$BROKER_PORT" >"$OUT/$tag.bench.out" 2>"$OUT/$tag.bench.err" &

@@ -407,14 +407,17 @@ EOF
     cat <<EOF
   logs                        $run_dir/*.log
 
-Try:
+Try (a publish on any node reaches subscribers on every node):
   mosquitto_sub -h $HOST -p ${mqtt_ports[0]} -t 'demo/#' -v &
-  mosquitto_pub -h $HOST -p ${mqtt_ports[0]} -t demo/hello -m hi
+  mosquitto_pub -h $HOST -p ${mqtt_ports[$((nodes > 1 ? 1 : 0))]} -t demo/hello -m 'from another node'
   mosquitto_pub -h $HOST -p $lb_mqtt -t demo/lb -m 'through HAProxy'
   curl -s -H 'Authorization: Bearer $api_key' $lb_api/api/v1/nodes
   curl -s -H 'Authorization: Bearer $api_key' $lb_api/api/v1/clients
-(Publish to a subscriber on another node is not routed yet: subscribe and
-publish on one node's own port to see messages flow.)
+
+A command to a simulated device (scripts/device-sim answers it):
+  $ROOT/scripts/device-sim --port $lb_mqtt --id sensor-1 --telemetry-interval 0 &
+  curl -s -H 'Authorization: Bearer $api_key' -X POST -d '{"payload": {"op": "reboot"}}' \\
+       "$lb_api/api/v1/devices/sensor-1/commands?wait=10"
 
 run.sh: cluster ready: mqtt $HOST:$lb_mqtt api $lb_api
 run.sh: Ctrl-C stops everything

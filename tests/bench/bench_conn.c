@@ -12,7 +12,10 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,6 +26,96 @@
 
 static void bconn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void bconn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void update_write_interest(struct bconn *c);
+static void fill_and_flush(struct bconn *c);
+static void bconn_fail(struct bconn *c, enum rmq_status st, const char *what);
+
+/* ---- TLS (--tls) ---- */
+
+static SSL_CTX *tls_ctx;
+
+int
+bconn_tls_init(void)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        return -1;
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return 0;
+}
+
+/* After the TCP connect: a TLS session on the socket, handshake pending. */
+static bool
+tls_start(struct bconn *c)
+{
+    if (!tls_ctx)
+        return true;
+    c->ssl = SSL_new(tls_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+        return false;
+    SSL_set_connect_state(c->ssl);
+    c->handshaking = true;
+    return true;
+}
+
+/* One handshake step. False if c failed (and is closed). */
+static bool
+tls_step(struct bconn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    c->hs_want_write = false;
+    if (r == 1) {
+        c->handshaking = false;
+        update_write_interest(c);
+        return true;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        c->hs_want_write = e == SSL_ERROR_WANT_WRITE;
+        update_write_interest(c);
+        return true;
+    }
+    ERR_clear_error();
+    errno = ECONNRESET;
+    bconn_fail(c, RMQ_IO, "TLS handshake failed");
+    return false;
+}
+
+/* send(2) or SSL_write: bytes written, or -1 with errno (EAGAIN to wait). */
+static ssize_t
+conn_send(struct bconn *c, const void *buf, size_t len)
+{
+    if (!c->ssl)
+        return send(c->fd, buf, len, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int n = SSL_write(c->ssl, buf, len < INT_MAX ? (int)len : INT_MAX);
+    if (n > 0)
+        return n;
+    int e = SSL_get_error(c->ssl, n);
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+    ERR_clear_error();
+    return -1;
+}
+
+/* recv(2) or SSL_read: bytes, 0 at the end, -1 with errno. */
+static ssize_t
+conn_recv(struct bconn *c, void *buf, size_t len)
+{
+    if (!c->ssl)
+        return recv(c->fd, buf, len, 0);
+    ERR_clear_error();
+    int n = SSL_read(c->ssl, buf, len < INT_MAX ? (int)len : INT_MAX);
+    if (n > 0)
+        return n;
+    int e = SSL_get_error(c->ssl, n);
+    ERR_clear_error();
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+}
 
 bool
 bconn_is_open(const struct bconn *c)
@@ -39,6 +132,10 @@ bconn_pending(const struct bconn *c)
 void
 bconn_close(struct bconn *c)
 {
+    if (c->ssl != NULL)
+        SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->handshaking = c->hs_want_write = false;
     if (c->rev != NULL)
         event_free(c->rev);
     if (c->wev != NULL)
@@ -107,6 +204,12 @@ bconn_open(struct bconn *c, struct event_base *base, const struct sockaddr_in *a
     event_add(c->rev, NULL);
     if (c->connecting)
         event_add(c->wev, NULL);
+    else if (!tls_start(c))
+        goto fail;
+    if (c->handshaking) {
+        c->hs_want_write = true; /* the first step, from the write event */
+        update_write_interest(c);
+    }
     return RMQ_OK;
 fail:
     bconn_close(c);
@@ -155,7 +258,8 @@ bconn_append(struct bconn *c, const void *data, size_t n)
 static void
 update_write_interest(struct bconn *c)
 {
-    bool need = c->connecting || c->want_write || c->blocked || bconn_pending(c) > 0;
+    bool need = c->connecting || c->hs_want_write ||
+                (!c->handshaking && (c->want_write || c->blocked || bconn_pending(c) > 0));
     bool armed = event_pending(c->wev, EV_WRITE, NULL) != 0;
     if (need && !armed)
         event_add(c->wev, NULL);
@@ -177,9 +281,9 @@ bconn_flush(struct bconn *c)
 {
     if (!bconn_is_open(c))
         return RMQ_IO;
-    while (!c->connecting && c->out_off < c->out_len) {
+    while (!c->connecting && !c->handshaking && c->out_off < c->out_len) {
         size_t want = c->out_len - c->out_off;
-        ssize_t n = send(c->fd, c->out + c->out_off, want, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->out + c->out_off, want);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -279,9 +383,14 @@ static void
 bconn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct bconn *c = arg;
+    if (c->handshaking) {
+        if (tls_step(c) && !c->handshaking)
+            fill_and_flush(c);
+        return;
+    }
     for (int i = 0; i < BCONN_READS_PER_EVENT && !c->blocked; i++) {
         size_t space = c->in_cap - c->in_end;
-        ssize_t n = recv(fd, c->in + c->in_end, space, 0);
+        ssize_t n = conn_recv(c, c->in + c->in_end, space);
         if (n == 0) {
             errno = 0;
             bconn_fail(c, RMQ_IO, "connection closed by the broker");
@@ -299,9 +408,12 @@ bconn_read_cb(evutil_socket_t fd, short what, void *arg)
         c->bytes_in += (uint64_t)n;
         if (process_input(c) != RMQ_OK)
             return;
-        if ((size_t)n < space)
+        if ((size_t)n < space && !c->ssl)
             break; /* drained the socket */
     }
+    /* Records already inside the TLS session raise no socket event. */
+    if (bconn_is_open(c) && c->ssl && !c->blocked && SSL_pending(c->ssl) > 0)
+        event_active(c->rev, EV_READ, 1);
     fill_and_flush(c);
 }
 
@@ -318,6 +430,14 @@ bconn_write_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         c->connecting = false;
+        if (!tls_start(c)) {
+            bconn_fail(c, RMQ_NOMEM, "TLS session");
+            return;
+        }
+    }
+    if (c->handshaking) {
+        if (!tls_step(c) || c->handshaking)
+            return;
     }
     if (bconn_flush(c) != RMQ_OK)
         return;

@@ -20,6 +20,7 @@
 struct event;
 struct event_base;
 struct bconn;
+struct ssl_st;
 
 /* Callbacks into the owner. None may call bconn_close() on c except on_error
  * (after which c is closed anyway). */
@@ -53,7 +54,14 @@ struct bconn {
     void *owner;
     uint64_t bytes_in, bytes_out;
     int err; /* errno of the last failure, 0 if none */
+    struct ssl_st *ssl;    /* TLS session (bconn_tls_init was called), else NULL */
+    bool handshaking;      /* TLS handshake in progress: output waits */
+    bool hs_want_write;    /* the handshake waits for the socket to be writable */
 };
+
+/* Makes every later connection speak TLS (no certificate check: this is a
+ * load generator). 0, or -1 if OpenSSL cannot make a client context. */
+int bconn_tls_init(void);
 
 /* Starts a non-blocking connect to addr. Buffers of in_cap/out_cap bytes are
  * allocated here (the input buffer grows if a packet needs more). Output can

@@ -95,6 +95,8 @@ static const struct opt_def opt_defs[] = {
      "idle: read VmRSS of PID before and after"},
     {"check", OPT_FLAG, FIELD(check), 0, 0, NULL,
      "exit 3 on loss (QoS 1/2), duplicates (QoS 0/2), reordering or misrouting"},
+    {"tls", OPT_FLAG, FIELD(tls), 0, 0, NULL,
+     "connect over TLS (the server certificate is not checked)"},
     {"verbose", OPT_FLAG, FIELD(verbose), 0, 0, NULL, "(-v) progress every second on stderr"},
     {"help", OPT_HELP, 0, 0, 0, NULL, "(-h) this text"},
 };

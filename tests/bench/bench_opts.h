@@ -44,6 +44,7 @@ struct bench_opts {
     double drain;         /* seconds without progress before giving up the drain */
     int broker_pid;       /* idle: read VmRSS of this process; 0 = none */
     bool check;           /* exit 3 on loss/duplicates that the QoS forbids */
+    bool tls;             /* connect over TLS (no certificate check) */
     bool verbose;         /* progress every second on stderr */
 };
 

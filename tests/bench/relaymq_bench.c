@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <sys/resource.h>
 
+#include "tests/bench/bench_conn.h"
 #include "tests/bench/bench_connect.h"
 #include "tests/bench/bench_flow.h"
 #include "tests/bench/bench_mqtt.h"
@@ -55,6 +56,10 @@ main(int argc, char **argv)
     if (rc != 0)
         return rc > 0 ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
     signal(SIGPIPE, SIG_IGN);
+    if (o.tls && bconn_tls_init() != 0) {
+        fprintf(stderr, "relaymq-bench: cannot create a TLS client context\n");
+        return BENCH_EXIT_USAGE;
+    }
     rlim_t limit = raise_nofile();
     if (limit != RLIM_INFINITY && sockets_needed(&o) + 16 > limit) {
         fprintf(stderr, "relaymq-bench: %s needs %llu sockets, open-file limit is %llu\n",

@@ -65,6 +65,12 @@ class WsPaho(h.Paho):
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
+        # Only the loop thread may write: paho 1.6's websocket wrapper keeps
+        # one partly sent frame, and a publish() writing from the caller's
+        # thread at the same time corrupts the stream (seen as a 4-byte
+        # PUBACK frame swallowing a PUBLISH's fixed header). With this hook
+        # set, publish() leaves the writing to loop().
+        c.on_socket_register_write = lambda client, userdata, sock: None
         self.c = c
 
 

@@ -388,12 +388,12 @@ close_remote(struct peer_client *pc, const char *addr, uint16_t mqtt_port)
     event_base_dispatch(loop.base);
     /* A close for another run of that node (the broker here has epoch 0)
      * must leave the connection alone. */
-    peer_client_close_remote(pc, "node-b", addr, 12345, 1, "kicked");
+    peer_client_close_remote(pc, "node-b", addr, 12345, 1, "kicked", NULL, NULL);
     struct timeval wait = {0, 300 * 1000};
     event_base_loopexit(loop.base, &wait);
     event_base_dispatch(loop.base);
     assert_false(closed);
-    peer_client_close_remote(pc, "node-b", addr, 0, 1, "kicked");
+    peer_client_close_remote(pc, "node-b", addr, 0, 1, "kicked", NULL, NULL);
     struct timeval guard = {10, 0};
     evtimer_add(loop.guard, &guard);
     event_base_dispatch(loop.base);
