@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "broker/packet_codec.h"
 #include "broker/topic.h"
 
 size_t
@@ -72,7 +73,8 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
     if (plen > FORWARD_MAX_PAYLOAD || len - at - 3 - tlen - 4 < plen)
         return RMQ_PROTOCOL;
     const char *topic = (const char *)buf + at + 3;
-    if (!topic_name_valid(topic, tlen))
+    /* Frames come from other nodes: checked as a client's PUBLISH would be. */
+    if (!topic_name_valid(topic, tlen) || !mqtt_utf8_valid((const uint8_t *)topic, tlen))
         return RMQ_PROTOCOL;
     *f = (struct forward_frame){
         .topic = topic,
