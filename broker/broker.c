@@ -79,6 +79,11 @@ broker_route(struct broker *b, struct route *r)
         uint8_t qos = r->qos < s->match_qos ? r->qos : s->match_qos;
         session_deliver(b, s, r, qos, false);
     }
+    /* Shared groups: one member each. In a cluster the forwarder picks the
+     * member node (it saw this message above); a peer's message reaches a
+     * group only as a frame aimed at it. */
+    if (!b->forward && !b->from_peer)
+        share_route(b, r);
     message_unref(r->msg);
     r->msg = NULL;
 }
@@ -377,9 +382,10 @@ broker_free(struct broker *b)
         event_free(b->flush_ev);
     if (b->sys_ev)
         event_free(b->sys_ev);
+    session_free_ghosts(b); /* before the tree they match in and the wheel they wait on */
+    share_free_all(b);      /* after every member session went */
     topic_tree_free(b->subs);
     retain_free(b->retained);
-    session_free_ghosts(b); /* before the wheel their timers are on */
     timer_wheel_free(b->wheel);
     hashmap_free(b->filter_refs);
     free(b->matched);

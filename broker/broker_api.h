@@ -130,6 +130,23 @@ size_t broker_api_session_count(struct broker *b);
 /* True if a persistent session for client_id is held here. */
 bool broker_api_has_persistent_session(struct broker *b, const char *client_id);
 
+/* True if key is a shared subscription ("$share/{group}/{filter}" or
+ * "$queue/{filter}"); *filter points at its filter inside key. */
+bool broker_api_share_filter(const char *key, size_t len, const char **filter,
+                             size_t *filter_len);
+
+/* Shared subscriptions: calls fn with the key ("$share/g/filter" or
+ * "$queue/filter") of every local group whose filter matches topic. */
+void broker_api_match_groups(struct broker *b, const char *topic, size_t len,
+                             void (*fn)(void *arg, const char *key, size_t key_len), void *arg);
+
+/* Delivers to one member of the local group key (in turn, a connected one
+ * first). RMQ_NOT_FOUND if the group has no member here. */
+enum rmq_status broker_api_deliver_group(struct broker *b, const char *key, size_t key_len,
+                                         const char *topic, size_t topic_len,
+                                         const void *payload, size_t payload_len, uint8_t qos,
+                                         bool retain);
+
 /* True if a message on topic at qos would reach a connected QoS 1/2
  * subscriber whose queue is past the mark where publishers are paused. */
 bool broker_api_remote_backed_up(struct broker *b, const char *topic, size_t topic_len,

@@ -149,6 +149,7 @@ struct session {
     uint64_t throttled_since_ms;
     bool stalled; /* paused publishers too long: overflow is dropped until it drains */
     bool leaving; /* handed to another node: its end is not an end */
+    bool freeing; /* session_free is running */
     /* A ghost: the session went to the node at ghost_addr; for a short while
      * its subscriptions stay here and what they match is sent on there. */
     char *ghost_addr;
@@ -207,6 +208,8 @@ struct broker {
     bool from_peer;            /* routing a message another node forwarded */
     struct hashmap *filter_refs; /* filter -> subscriptions to it (as a uintptr_t) */
     size_t forward_paused;       /* connections paused for the forwarder (an upper bound) */
+    struct hashmap *groups;      /* shared subscription key -> struct share_group */
+    struct topic_tree *shared;   /* the groups' filters; subscribers are groups */
     struct session *ghosts;      /* sessions handed over, still redirecting */
     void (*redirect)(void *ctx, const char *addr, const char *client_id,
                      const struct broker_message *m);
@@ -253,6 +256,19 @@ void session_redirect(struct broker *b, struct session *s, const struct route *r
 
 /* Frees every ghost (broker_free). */
 void session_free_ghosts(struct broker *b);
+
+/* ---- share.c: shared subscriptions ---- */
+
+/* True if key is "$share/{group}/{filter}" or "$queue/{filter}"; *filter
+ * points at the filter inside key. */
+bool share_parse(const char *key, size_t len, const char **filter, size_t *filter_len);
+enum rmq_status share_subscribe(struct broker *b, const char *key, size_t len, struct session *s,
+                                uint8_t qos, bool *replaced);
+enum rmq_status share_unsubscribe(struct broker *b, const char *key, size_t len,
+                                  struct session *s);
+/* Delivers r to one member of every local group whose filter matches. */
+void share_route(struct broker *b, struct route *r);
+void share_free_all(struct broker *b);
 
 /* ---- broker_routes.c: subscriptions as the cluster sees them ---- */
 

@@ -25,16 +25,23 @@ broker_subscribe(struct broker *b, const char *filter, size_t len, void *s, uint
                  bool *replaced)
 {
     bool was = false;
+    const char *inner;
+    size_t inner_len;
+    bool shared = share_parse(filter, len, &inner, &inner_len);
     if (!b->filter_refs && !(b->filter_refs = hashmap_new(NULL)))
         return RMQ_NOMEM;
-    enum rmq_status st = topic_tree_subscribe(b->subs, filter, len, s, qos, &was);
+    enum rmq_status st = shared ? share_subscribe(b, filter, len, s, qos, &was)
+                                : topic_tree_subscribe(b->subs, filter, len, s, qos, &was);
     if (replaced)
         *replaced = was;
     if (st != RMQ_OK || was)
         return st;
     uintptr_t n = (uintptr_t)hashmap_get(b->filter_refs, filter, len);
     if (hashmap_put(b->filter_refs, filter, len, (void *)(n + 1), NULL) != RMQ_OK) {
-        topic_tree_unsubscribe(b->subs, filter, len, s);
+        if (shared)
+            share_unsubscribe(b, filter, len, s);
+        else
+            topic_tree_unsubscribe(b->subs, filter, len, s);
         return RMQ_NOMEM;
     }
     if (n == 0)
@@ -45,7 +52,11 @@ broker_subscribe(struct broker *b, const char *filter, size_t len, void *s, uint
 enum rmq_status
 broker_unsubscribe(struct broker *b, const char *filter, size_t len, void *s)
 {
-    enum rmq_status st = topic_tree_unsubscribe(b->subs, filter, len, s);
+    const char *inner;
+    size_t inner_len;
+    enum rmq_status st = share_parse(filter, len, &inner, &inner_len)
+                             ? share_unsubscribe(b, filter, len, s)
+                             : topic_tree_unsubscribe(b->subs, filter, len, s);
     if (st != RMQ_OK)
         return st;
     broker_filter_release(b, filter, len);

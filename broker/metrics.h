@@ -17,6 +17,8 @@
     X(messages_received, "PUBLISH packets received from clients")                            \
     X(messages_from_peers, "messages other nodes forwarded here for local subscribers")       \
     X(forward_pauses, "publishers paused while the buffer to another node was full")         \
+    X(shared_deliveries, "messages given to one member of a shared subscription group")       \
+    X(shared_redispatched, "unacknowledged shared messages moved to another member that stayed") \
     X(messages_received_qos0, "QoS 0 PUBLISH received")                                      \
     X(messages_received_qos1, "QoS 1 PUBLISH received")                                      \
     X(messages_received_qos2, "QoS 2 PUBLISH received")                                      \

@@ -123,9 +123,14 @@ session_free(struct broker *b, struct session *s)
     if (!s)
         return;
     session_notify(b, s, SESSION_ENDED, NULL, 0, 0, NULL);
+    s->freeing = true;
     session_unthrottle(b, s);
     for (uint32_t i = 0; i < s->sub_count; i++) {
-        if (s->ghost_addr) /* its filters' counts were released when it became a ghost */
+        const char *inner;
+        size_t inner_len;
+        if (s->ghost_addr && share_parse(s->subs[i].filter, s->subs[i].len, &inner, &inner_len))
+            share_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
+        else if (s->ghost_addr) /* its filters' counts were released when it became a ghost */
             topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
         else
             broker_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);

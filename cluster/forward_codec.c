@@ -23,13 +23,15 @@ forward_frame_len(const uint8_t *p)
 void
 forward_frame_write(uint8_t *out, const struct forward_frame *f)
 {
-    out[0] = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | (f->target ? 8u : 0u));
+    uint8_t flags = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | (f->target ? 8u : 0u) |
+                              (f->target && f->group ? 16u : 0u));
+    out[0] = flags;
     if (f->target) {
         out[1] = (uint8_t)(f->target_len >> 8);
         out[2] = (uint8_t)f->target_len;
         memcpy(out + 3, f->target, f->target_len);
         out += 3 + f->target_len; /* then the frame as if untargeted, flags repeated */
-        out[0] = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | 8u);
+        out[0] = flags;
     }
     out[1] = (uint8_t)(f->topic_len >> 8);
     out[2] = (uint8_t)f->topic_len;
@@ -54,7 +56,7 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
     uint8_t flags = buf[at];
     const char *target = NULL;
     size_t target_len = 0;
-    if ((flags & ~15u) || (flags & 3u) == 3u)
+    if ((flags & ~31u) || (flags & 3u) == 3u || ((flags & 16u) && !(flags & 8u)))
         return RMQ_PROTOCOL;
     if (flags & 8u) {
         target_len = (size_t)buf[at + 1] << 8 | buf[at + 2];
@@ -85,6 +87,7 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
         .retain = (flags & 4u) != 0,
         .target = target,
         .target_len = target_len,
+        .group = (flags & 16u) != 0,
     };
     *pos = at + 3 + tlen + 4 + plen;
     return RMQ_OK;

@@ -1,7 +1,9 @@
 /* The wire format of messages forwarded between nodes: a batch is a plain
  * concatenation of frames, each
  *
- *   u8  flags        bits 0-1 QoS, bit 2 retain, bit 3 targeted, others 0
+ *   u8  flags        bits 0-1 QoS, bit 2 retain, bit 3 targeted, bit 4 (only
+ *                    with bit 3) the target is a shared subscription group's
+ *                    key rather than a client id; others 0
  *   [u16 client id length, the client id, u8 flags again]   only when
  *                    targeted: the message is for that one session (a
  *                    redirect after a hand-over)
@@ -30,6 +32,7 @@ struct forward_frame {
     bool retain;
     const char *target; /* a client id, or NULL: for the node's subscribers */
     size_t target_len;
+    bool group;         /* target is a shared group's key ("$share/g/f") */
 };
 
 /* Bytes one frame takes. */

@@ -78,7 +78,8 @@ struct forwarder {
     /* counters */
     uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
     uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
-    uint64_t redirects_out, redirects_in;
+    uint64_t redirects_out, redirects_in, shared_out, shared_in, shared_lost;
+    struct hashmap *share_turns; /* group key -> next turn (uintptr_t) */
     _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
     /* per-message scratch for the routes callback */
     const struct forward_frame *frame;
@@ -366,6 +367,98 @@ on_redis_up(void *ctx)
     load_retained(ctx, "0");
 }
 
+/* ---- shared subscriptions: one member node per message and group ---- */
+
+struct share_cand {
+    const char *key;
+    size_t key_len;
+    const char *node, *addr; /* NULL: this node */
+};
+
+struct share_cands {
+    struct share_cand *items;
+    size_t count, cap;
+    bool failed;
+};
+
+static void
+cand_add(struct share_cands *c, const char *key, size_t key_len, const char *node,
+         const char *addr)
+{
+    if (c->count == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 8;
+        struct share_cand *n = realloc(c->items, cap * sizeof(*n));
+        if (!n) {
+            c->failed = true;
+            return;
+        }
+        c->items = n;
+        c->cap = cap;
+    }
+    c->items[c->count++] = (struct share_cand){key, key_len, node, addr};
+}
+
+static void
+on_local_group(void *arg, const char *key, size_t key_len)
+{
+    cand_add(arg, key, key_len, NULL, NULL);
+}
+
+static void
+on_remote_group(void *arg, const char *key, size_t key_len, const char *node, const char *addr)
+{
+    cand_add(arg, key, key_len, node, addr);
+}
+
+/* For every group the message matches, here or on other nodes, one member
+ * node in turn: this node delivers to one local member, another node gets a
+ * frame aimed at the group and does the same. */
+static void
+forward_shared(struct forwarder *f, const struct broker_message *m)
+{
+    struct share_cands c = {0};
+    broker_api_match_groups(f->broker, m->topic, m->topic_len, on_local_group, &c);
+    routes_match_shared(f->routes, m->topic, m->topic_len, on_remote_group, &c);
+    for (size_t i = 0; !c.failed && i < c.count; i++) {
+        if (!c.items[i].key)
+            continue; /* a group already served */
+        const char *key = c.items[i].key;
+        size_t len = c.items[i].key_len, n = 0;
+        for (size_t j = i; j < c.count; j++)
+            n += c.items[j].key && c.items[j].key_len == len && memcmp(c.items[j].key, key, len) == 0;
+        uintptr_t turn = (uintptr_t)hashmap_get(f->share_turns, key, len);
+        hashmap_put(f->share_turns, key, len, (void *)(turn + 1), NULL);
+        size_t pick = turn % n, seen = 0;
+        for (size_t j = i; j < c.count; j++) {
+            struct share_cand *e = &c.items[j];
+            if (!e->key || e->key_len != len || memcmp(e->key, key, len) != 0)
+                continue;
+            if (seen++ == pick) {
+                if (!e->node) {
+                    broker_api_deliver_group(f->broker, key, len, m->topic, m->topic_len,
+                                             m->payload, m->payload_len, m->qos, false);
+                } else {
+                    struct forward_frame fr = {.topic = m->topic,
+                                               .topic_len = m->topic_len,
+                                               .payload = m->payload,
+                                               .payload_len = m->payload_len,
+                                               .qos = m->qos,
+                                               .target = key,
+                                               .target_len = len,
+                                               .group = true};
+                    f->frame = &fr;
+                    append_to(f, e->node, e->addr);
+                    f->frame = NULL;
+                    f->shared_out++;
+                }
+            }
+            if (j != i)
+                e->key = NULL;
+        }
+    }
+    free(c.items);
+}
+
 /* ---- the broker's hook ---- */
 
 static void
@@ -392,6 +485,7 @@ on_forward(void *ctx, const struct broker_message *m)
         routes_match(f->routes, m->topic, m->topic_len, append_to, f);
     }
     f->frame = NULL;
+    forward_shared(f, m);
     if (f->appended)
         schedule_flush(f);
 }
@@ -453,6 +547,15 @@ deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_
     if (!fr->target) {
         broker_api_route_remote(f->broker, fr->topic, fr->topic_len, fr->payload,
                                 fr->payload_len, fr->qos, fr->retain, backed_up);
+        return;
+    }
+    if (fr->group) {
+        if (broker_api_deliver_group(f->broker, fr->target, fr->target_len, fr->topic,
+                                     fr->topic_len, fr->payload, fr->payload_len, fr->qos,
+                                     false) == RMQ_OK)
+            f->shared_in++;
+        else
+            f->shared_lost++; /* the group's last member here left meanwhile */
         return;
     }
     char client_id[65536];
@@ -616,8 +719,9 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
     snprintf(f->key_retained, sizeof(f->key_retained), "%sretained", cfg->prefix);
     f->route = (struct http_route){"POST", FORWARD_PATH, handle_forward, "forward", 0, f};
     f->links = hashmap_new(link_free);
+    f->share_turns = hashmap_new(NULL);
     f->flush_ev = event_new(base, -1, 0, on_flush, f);
-    if (!f->links || !f->flush_ev || cluster_add_up_listener(cluster, on_redis_up, f) != RMQ_OK) {
+    if (!f->links || !f->share_turns || !f->flush_ev || cluster_add_up_listener(cluster, on_redis_up, f) != RMQ_OK) {
         log_error("forwarder: cannot start");
         forwarder_free(f);
         return NULL;
@@ -644,6 +748,7 @@ forwarder_free(struct forwarder *f)
             log_info("forward to node %s: %zu message(s) not sent at shutdown", l->node, l->frames);
     }
     hashmap_free(f->links);
+    hashmap_free(f->share_turns);
     if (f->flush_ev)
         event_free(f->flush_ev);
     free(f);
@@ -694,6 +799,12 @@ forwarder_write_metrics(FILE *out, void *arg)
             f->redirects_out);
     fprintf(out, "relaymq_forward_redirects_total{direction=\"in\"} %" PRIu64 "\n",
             f->redirects_in);
+    metrics_family(out, "relaymq_forward_shared_total", "counter",
+                   "shared-subscription messages sent to another node's group member (out), "
+                   "delivered here (in), or lost because the group left meanwhile");
+    fprintf(out, "relaymq_forward_shared_total{direction=\"out\"} %" PRIu64 "\n", f->shared_out);
+    fprintf(out, "relaymq_forward_shared_total{direction=\"in\"} %" PRIu64 "\n", f->shared_in);
+    fprintf(out, "relaymq_forward_shared_total{direction=\"lost\"} %" PRIu64 "\n", f->shared_lost);
     metrics_family(out, "relaymq_forward_buffered_bytes", "gauge",
                    "bytes waiting to be forwarded to other nodes");
     fprintf(out, "relaymq_forward_buffered_bytes %zu\n", buffered);

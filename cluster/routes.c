@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "broker/broker_api.h"
 #include "broker/topic_tree.h"
 #include "cluster/cluster.h"
 #include "cluster/redis_link.h"
@@ -65,8 +66,18 @@ static const char leave_lua[] =
     "redis.call('PUBLISH', ARGV[1] .. 'routes', '!\\t' .. ARGV[2])\n"
     "return 1\n";
 
+struct remote;
+
+/* A shared subscription group a remote node has members of. */
+struct remote_share {
+    struct remote *node;
+    size_t key_len;
+    char key[];
+};
+
 struct remote {
     struct hashmap *filters; /* filter -> (unused) */
+    struct hashmap *shares;  /* group key -> struct remote_share */
     uint64_t match_gen;
     char *addr;
     char id[];
@@ -82,6 +93,7 @@ struct routes {
     const struct routes_config *cfg;
     struct broker_observer observer;
     struct topic_tree *tree;
+    struct topic_tree *shared_tree; /* groups' filters; subscribers: struct remote_share */
     struct hashmap *nodes; /* id -> struct remote */
     uint64_t match_gen;
     void (*node_left)(void *ctx, const char *node);
@@ -104,6 +116,16 @@ remote_free(struct routes *r, struct remote *n)
     while (hashmap_next(n->filters, &pos, &key, &len, &v))
         topic_tree_unsubscribe(r->tree, key, len, n);
     hashmap_free(n->filters);
+    pos = 0;
+    while (n->shares && hashmap_next(n->shares, &pos, &key, &len, &v)) {
+        struct remote_share *rs = v;
+        const char *inner;
+        size_t inner_len;
+        if (broker_api_share_filter(rs->key, rs->key_len, &inner, &inner_len))
+            topic_tree_unsubscribe(r->shared_tree, inner, inner_len, rs);
+        free(rs);
+    }
+    hashmap_free(n->shares);
     free(n->addr);
     free(n);
 }
@@ -127,18 +149,50 @@ get_node(struct routes *r, const char *id, size_t len, bool create)
     if (!(n = calloc(1, sizeof(*n) + len + 1)))
         return NULL;
     memcpy(n->id, id, len);
-    if (!(n->filters = hashmap_new(NULL)) ||
+    if (!(n->filters = hashmap_new(NULL)) || !(n->shares = hashmap_new(NULL)) ||
         hashmap_put(r->nodes, n->id, len, n, NULL) != RMQ_OK) {
         hashmap_free(n->filters);
+        hashmap_free(n->shares);
         free(n);
         return NULL;
     }
     return n;
 }
 
+/* A shared group's key goes to the groups' tree (matched by its inner
+ * filter), any other filter to the main one. */
+static void
+add_share(struct routes *r, struct remote *n, const char *key, size_t len, const char *inner,
+          size_t inner_len)
+{
+    if (hashmap_get(n->shares, key, len))
+        return;
+    struct remote_share *rs = malloc(sizeof(*rs) + len + 1);
+    if (!rs)
+        return;
+    rs->node = n;
+    rs->key_len = len;
+    memcpy(rs->key, key, len);
+    rs->key[len] = '\0';
+    if (topic_tree_subscribe(r->shared_tree, inner, inner_len, rs, 0, NULL) != RMQ_OK) {
+        free(rs);
+        return;
+    }
+    if (hashmap_put(n->shares, key, len, rs, NULL) != RMQ_OK) {
+        topic_tree_unsubscribe(r->shared_tree, inner, inner_len, rs);
+        free(rs);
+    }
+}
+
 static void
 add_filter(struct routes *r, struct remote *n, const char *filter, size_t len)
 {
+    const char *inner;
+    size_t inner_len;
+    if (broker_api_share_filter(filter, len, &inner, &inner_len)) {
+        add_share(r, n, filter, len, inner, inner_len);
+        return;
+    }
     if (hashmap_get(n->filters, filter, len))
         return;
     if (topic_tree_subscribe(r->tree, filter, len, n, 0, NULL) != RMQ_OK)
@@ -150,6 +204,15 @@ add_filter(struct routes *r, struct remote *n, const char *filter, size_t len)
 static void
 remove_filter(struct routes *r, struct remote *n, const char *filter, size_t len)
 {
+    const char *inner;
+    size_t inner_len;
+    if (broker_api_share_filter(filter, len, &inner, &inner_len)) {
+        struct remote_share *rs = hashmap_remove(n->shares, filter, len);
+        if (rs)
+            topic_tree_unsubscribe(r->shared_tree, inner, inner_len, rs);
+        free(rs);
+        return;
+    }
     if (hashmap_remove(n->filters, filter, len))
         topic_tree_unsubscribe(r->tree, filter, len, n);
 }
@@ -390,6 +453,31 @@ routes_match(struct routes *r, const char *topic, size_t len, routes_node_fn fn,
     topic_tree_match(r->tree, topic, len, on_match, &m);
 }
 
+struct share_match_ctx {
+    routes_share_fn fn;
+    void *arg;
+};
+
+static void
+on_share_match(void *subscriber, uint8_t qos, void *arg)
+{
+    (void)qos;
+    struct share_match_ctx *m = arg;
+    struct remote_share *rs = subscriber;
+    if (rs->node->addr)
+        m->fn(m->arg, rs->key, rs->key_len, rs->node->id, rs->node->addr);
+}
+
+void
+routes_match_shared(struct routes *r, const char *topic, size_t len, routes_share_fn fn,
+                    void *arg)
+{
+    if (topic_tree_count(r->shared_tree) == 0)
+        return;
+    struct share_match_ctx m = {fn, arg};
+    topic_tree_match(r->shared_tree, topic, len, on_share_match, &m);
+}
+
 void
 routes_foreach_node(struct routes *r, routes_node_fn fn, void *arg)
 {
@@ -420,6 +508,7 @@ routes_new(struct event_base *base, struct broker *broker, struct cluster *clust
     r->cfg = cfg;
     snprintf(r->channel, sizeof(r->channel), "%sroutes", cfg->prefix);
     r->tree = topic_tree_new();
+    r->shared_tree = topic_tree_new();
     r->nodes = hashmap_new(NULL);
     r->script_change = redis_link_script(link, change_lua);
     r->script_reset = redis_link_script(link, reset_lua);
@@ -428,7 +517,7 @@ routes_new(struct event_base *base, struct broker *broker, struct cluster *clust
     r->sub_events = (struct redis_link_events){.up = on_sub_up, .ctx = r};
     r->sub = redis_link_new(base, cfg->redis_url, &r->sub_events);
     r->observer = (struct broker_observer){.ctx = r, .filter_changed = on_filter_changed};
-    if (!r->tree || !r->nodes || r->script_leave < 0 || !r->sub ||
+    if (!r->tree || !r->shared_tree || !r->nodes || r->script_leave < 0 || !r->sub ||
         redis_link_subscribe(r->sub, r->channel, on_message, r) != RMQ_OK ||
         cluster_add_up_listener(cluster, on_redis_up, r) != RMQ_OK ||
         broker_add_observer(broker, &r->observer) != RMQ_OK) {
@@ -459,6 +548,7 @@ routes_free(struct routes *r)
     }
     hashmap_free(r->nodes);
     topic_tree_free(r->tree);
+    topic_tree_free(r->shared_tree);
     free(r);
 }
 

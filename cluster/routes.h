@@ -47,6 +47,14 @@ typedef void (*routes_node_fn)(void *arg, const char *node, const char *addr);
  * known address). */
 void routes_match(struct routes *r, const char *topic, size_t len, routes_node_fn fn, void *arg);
 
+typedef void (*routes_share_fn)(void *arg, const char *key, size_t key_len, const char *node,
+                                const char *addr);
+
+/* Calls fn for every (shared group key, other node with members of it)
+ * whose group filter matches topic. */
+void routes_match_shared(struct routes *r, const char *topic, size_t len, routes_share_fn fn,
+                         void *arg);
+
 /* Calls fn for every other node known to the route table (with an
  * address), whether or not it has subscriptions. */
 void routes_foreach_node(struct routes *r, routes_node_fn fn, void *arg);

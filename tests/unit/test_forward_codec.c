@@ -432,11 +432,48 @@ test_truncation(void **state)
     free(full);
 }
 
+/* A frame aimed at a shared group: the group bit travels and the target is
+ * the group's key. */
+static void
+test_group_round_trip(void **state)
+{
+    (void)state;
+    const char *key = "$share/g/a/+";
+    struct forward_frame in = {.topic = "a/b",
+                               .topic_len = 3,
+                               .payload = (const uint8_t *)"hi",
+                               .payload_len = 2,
+                               .qos = 1,
+                               .target = key,
+                               .target_len = strlen(key),
+                               .group = true};
+    size_t size = forward_frame_size_of(&in);
+    uint8_t *buf = malloc(size);
+    assert_non_null(buf);
+    forward_frame_write(buf, &in);
+    assert_int_equal(buf[0], 0x19);
+    assert_int_equal(forward_frame_len(buf), size);
+    struct forward_frame out;
+    size_t pos = 0;
+    assert_int_equal(forward_frame_next(buf, size, &pos, &out), RMQ_OK);
+    assert_true(out.group);
+    assert_int_equal(out.target_len, strlen(key));
+    assert_memory_equal(out.target, key, strlen(key));
+    assert_int_equal(out.qos, 1);
+    assert_int_equal(pos, size);
+    /* Without a target the group bit is never written. */
+    in.target = NULL;
+    in.target_len = 0;
+    forward_frame_write(buf, &in);
+    assert_int_equal(buf[0], 0x01);
+    free(buf);
+}
+
 /* ---- malformed frames ---- */
 
 /* Every flags byte on an untargeted frame: only bits 0-2 may be set, and
- * the QoS bits must not say 3. (Bit 3 is the targeted layout, tested
- * below.) */
+ * the QoS bits must not say 3 (bit 4, a group target, needs bit 3). (Bit 3
+ * is the targeted layout, tested below.) */
 static void
 test_untargeted_flags(void **state)
 {
@@ -453,8 +490,9 @@ test_untargeted_flags(void **state)
     }
 }
 
-/* Every flags byte with bit 3 on a targeted frame, both copies equal; and
- * every pair of copies that differ. */
+/* Every flags byte with bit 3 on a targeted frame, both copies equal (bit 4
+ * marks a shared group's key as the target); and every pair of copies that
+ * differ. */
 static void
 test_targeted_flags(void **state)
 {
@@ -463,13 +501,14 @@ test_targeted_flags(void **state)
         if (!(b & 8u))
             continue;
         size_t n = hand_targeted(frame, (uint8_t)b, (uint8_t)b);
-        bool valid = (b & ~15u) == 0 && (b & 3u) != 3u;
+        bool valid = (b & ~31u) == 0 && (b & 3u) != 3u;
         enum rmq_status st = status_of(frame, n);
         if (st != (valid ? RMQ_OK : RMQ_PROTOCOL))
             fail_msg("flags 0x%02x twice: want %s, got %s", b, valid ? "ok" : "protocol",
                      rmq_status_str(st));
     }
-    static const uint8_t good[] = {0x08, 0x09, 0x0a, 0x0c, 0x0d, 0x0e};
+    static const uint8_t good[] = {0x08, 0x09, 0x0a, 0x0c, 0x0d, 0x0e,
+                                   0x18, 0x19, 0x1a, 0x1c, 0x1d, 0x1e};
     for (size_t i = 0; i < N_ELEMS(good); i++) {
         for (unsigned b2 = 0; b2 < 256; b2++) {
             if (b2 == good[i])
@@ -649,6 +688,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_untargeted_round_trip),
         cmocka_unit_test(test_targeted_round_trip),
+        cmocka_unit_test(test_group_round_trip),
         cmocka_unit_test(test_wire_layout),
         cmocka_unit_test(test_empty_payload),
         cmocka_unit_test(test_topic_length_boundary),
