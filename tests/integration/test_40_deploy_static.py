@@ -175,7 +175,8 @@ def compose_nodes_are_configured_by_environment_only():
         svc = services[n]
         env = service_env(svc)
         h.check("command" not in svc, "%s has a command: configure by environment only" % n)
-        want = {"RELAYMQ_LISTEN": "0.0.0.0:1883", "RELAYMQ_HTTP": "0.0.0.0:8080",
+        want = {"RELAYMQ_LISTEN": "0.0.0.0:1883,tls://0.0.0.0:8883",
+                "RELAYMQ_HTTP": "0.0.0.0:8080",
                 "RELAYMQ_INTERNAL": "0.0.0.0:9000", "RELAYMQ_ADVERTISE": n + ":9000",
                 "RELAYMQ_REDIS": "redis://redis:6379"}
         for k, v in want.items():
@@ -224,9 +225,8 @@ def haproxy_publishes_1883_and_8080_and_mounts_cfg():
     for port in ("1883", "8080"):
         h.check(any(p.split(":")[-1].split("/")[0] == port and p.count(":") >= 1 for p in ports),
                 "haproxy does not publish %s: %s" % (port, ports))
-    # 8883 stays off: TLS needs certificates the example does not ship.
-    h.check(not any("8883" in p for p in ports),
-            "8883 published but the nodes have no certificates (deploy/README.md)")
+    h.check(any(p.split(":")[-1].split("/")[0] == "8883" for p in ports),
+            "haproxy does not publish 8883 (MQTT over TLS): %s" % ports)
     vols = [str(v) for v in hap.get("volumes") or []]
     h.check(any(v.startswith("./haproxy.cfg:") and "/usr/local/etc/haproxy/haproxy.cfg" in v
                 for v in vols), "haproxy.cfg not mounted: %s" % vols)
@@ -287,6 +287,44 @@ def haproxy_cfg_backends_list_nodes_with_readyz_checks():
     for k in ("client", "server"):
         h.check(timeouts.get(k, 0) >= MIN_MQTT_TIMEOUT_S,
                 "MQTT timeout %s %r < %ds" % (k, timeouts.get(k), MIN_MQTT_TIMEOUT_S))
+
+
+@case
+def tls_on_8883_passes_through_to_nodes_with_a_certificate():
+    """8883 in HAProxy is TCP passthrough to each node's tls:// listener,
+    whose certificate the one-shot certs service makes into a volume."""
+    s = haproxy_sections(read("haproxy.cfg"))
+    fe = [k for k in s if k.startswith("frontend ")
+          and any(l.startswith("bind ") and l.split()[1].endswith(":8883") for l in s[k])]
+    h.check(len(fe) == 1, "no frontend binds 8883")
+    h.check("mode tcp" in s[fe[0]], "8883 frontend is not mode tcp (TLS must pass through)")
+    be = "backend " + [l.split()[1] for l in s[fe[0]] if l.startswith("default_backend ")][0]
+    servers = [l for l in s[be] if l.startswith("server ")]
+    h.check_eq(sorted(l.split()[2] for l in servers), ["%s:8883" % n for n in NODES],
+               "%s servers" % be)
+    for l in servers:
+        h.check("send-proxy-v2" in l and "check port 8080" in l, "%s: %s" % (be, l))
+    c = compose()
+    certs = c["services"].get("certs")
+    h.check(certs is not None, "no certs service")
+    cmd = " ".join(certs.get("command") or [])
+    h.check("openssl req -x509" in cmd and "/certs/server.crt" in cmd and "/certs/server.key" in cmd,
+            "certs service does not make server.crt/server.key: %s" % cmd)
+    h.check("certs" in (c.get("volumes") or {}), "certs volume not declared")
+    h.check(re.search(r"(?m)^\s+openssl\b", read("Dockerfile")) is not None
+            or "openssl \\" in read("Dockerfile"), "the runtime image lacks the openssl tool")
+    for n in NODES:
+        svc = c["services"][n]
+        env = service_env(svc)
+        h.check_eq((env.get("RELAYMQ_TLS_CERT"), env.get("RELAYMQ_TLS_KEY")),
+                   ("/etc/relaymq/certs/server.crt", "/etc/relaymq/certs/server.key"),
+                   "%s TLS files" % n)
+        vols = [str(v) for v in svc.get("volumes") or []]
+        h.check(any(v.startswith("certs:/etc/relaymq/certs") for v in vols),
+                "%s does not mount the certs volume: %s" % (n, vols))
+        deps = svc.get("depends_on") or {}
+        h.check((deps.get("certs") or {}).get("condition") == "service_completed_successfully",
+                "%s does not wait for the certs service" % n)
 
 
 @case
