@@ -1023,6 +1023,49 @@ def node_local_sys_stats_stay_local_and_cluster_events_travel():
 
 
 # --------------------------------------------------------------------------
+# persistent sessions moving between live nodes
+
+
+@case
+def persistent_session_moves_to_another_live_node_with_its_offline_messages():
+    """A clean-session-0 subscriber on n1 goes offline; 30 QoS 1 messages are
+    published on n3 meanwhile (n1 keeps the route and queues them); the
+    client reconnects to n2: session present, its subscription works there,
+    and the 30 arrive once each in order; n1 no longer holds it."""
+    n1, n2, n3 = CL.node("n1"), CL.node("n2"), CL.node("n3")
+    tag = h.uid("mv")
+    topic = "%s/x" % tag
+    cid = h.uid("mvc")
+    first = h.Paho(n1.port, client_id=cid, clean=False)
+    first.connect()
+    h.check_eq(first.subscribe("%s/#" % tag, 1), [1], "SUBACK on n1")
+    wait_route("n1", "%s/#" % tag)
+    first.disconnect()
+    h.wait_until(lambda: REDIS.hgetall("sess:" + cid).get("online") == "0", h.WAIT,
+                 what="n1 to write the offline session")
+    pub = raw_publisher(n3)
+    second = None
+    try:
+        publish_all(pub, [(topic, "off-%d" % i) for i in range(30)], 1)
+        h.wait_until(lambda: int(REDIS.cli("LLEN", ch.PREFIX + "sess:" + cid + ":queue")) == 30,
+                     h.WAIT, what="the 30 queued messages in the session's copy")
+        second = h.Paho(n2.port, client_id=cid, clean=False)
+        present = second.connect()
+        h.check(present, "CONNACK on n2 does not say session present")
+        expect_messages(second, [(topic, ("off-%d" % i).encode(), 1) for i in range(30)],
+                        "queued messages after the move to n2")
+        h.check_eq(REDIS.hgetall("sess:" + cid).get("node"), "n2", "session holder")
+        wait_route("n2", "%s/#" % tag)
+        wait_route("n1", "%s/#" % tag, present=False)
+        time.sleep(0.5)
+        publish_all(pub, [(topic, "on-%d" % i) for i in range(5)], 1)
+        expect_messages(second, [(topic, ("on-%d" % i).encode(), 1) for i in range(5)],
+                        "live messages on n2 after the move")
+    finally:
+        ch.stop_quietly(pub, first, *([second] if second else []))
+
+
+# --------------------------------------------------------------------------
 # 9. clean shutdown
 
 
