@@ -79,6 +79,7 @@ listener_options_from(const struct settings *s)
         .tls_use_identity_as_username = s->tls_use_identity_as_username,
         .tls_min_version = s->tls_min_version,
         .tls_ciphers = s->tls_ciphers,
+        .max_connection_rate = (unsigned)s->max_connection_rate,
     };
 }
 
@@ -118,6 +119,10 @@ broker_config_from(const struct settings *s, struct broker_config *cfg)
         .connect_timeout_ms = s->connect_timeout_ms,
         .sys_interval_ms = s->sys_interval_ms,
         .backpressure_timeout_ms = s->backpressure_timeout_ms,
+        .max_connections = (uint32_t)s->max_connections,
+        .max_publish_rate = (uint32_t)s->max_publish_rate,
+        .max_publish_bytes_rate = s->max_publish_bytes_rate,
+        .max_queued_bytes = s->max_queued_bytes,
         .epoch = clock_wall_ms(),
     };
 }

@@ -22,6 +22,11 @@ struct settings {
     uint64_t connect_timeout_ms;
     uint64_t sys_interval_ms;
     uint64_t backpressure_timeout_ms;
+    int64_t max_connections;
+    int64_t max_connection_rate;
+    int64_t max_publish_rate;
+    uint64_t max_publish_bytes_rate;
+    uint64_t max_queued_bytes;
 
     /* HTTP: admin API and internal node API (http/) */
     char *http;

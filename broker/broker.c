@@ -173,6 +173,11 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
         snprintf(peer, sizeof(peer), "[%s]:%s", host, serv);
     else
         snprintf(peer, sizeof(peer), "%s:%s", host, serv);
+    if (!limits_admit(l->broker, l)) {
+        log_debug("connection from %s closed at accept: limit reached", peer);
+        evutil_closesocket(fd);
+        return;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     conn_accept(l->broker, fd, peer, l);

@@ -35,6 +35,10 @@ struct broker_config {
     uint64_t connect_timeout_ms;  /* time allowed between accept and CONNECT */
     uint64_t sys_interval_ms;     /* $SYS publication period, 0 = off */
     uint64_t backpressure_timeout_ms; /* longest pause of publishers for a full queue; 0 = never pause */
+    uint32_t max_connections;        /* node-wide open connections, 0 = unlimited */
+    uint32_t max_publish_rate;       /* PUBLISH packets per second per client, 0 = unlimited */
+    uint64_t max_publish_bytes_rate; /* payload bytes per second per client, 0 = unlimited */
+    uint64_t max_queued_bytes;       /* queued payload bytes per session, 0 = unlimited */
     uint64_t epoch; /* this run of the node (wall ms at start): channel ids are unique within it */
     const struct auth *auth; /* password file (broker/auth.h), NULL = none */
     const struct acl *acl;   /* topic ACL (broker/acl.h), NULL = everything allowed */

@@ -56,6 +56,12 @@ struct conn {
     bool paused;              /* reading stopped while a claim is pending */
     struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
     bool forward_paused;          /* reading stopped: the forwarder's buffer is full */
+    bool rate_paused;             /* reading stopped: over max-publish-rate/-bytes-rate */
+    bool rate_started;            /* the publish token buckets are filled */
+    struct timer_entry rate_timer; /* ends a rate pause (limits.c) */
+    uint64_t rate_refill_ms;      /* when the buckets were last refilled */
+    int64_t rate_msgs, rate_bytes; /* tokens x 1000; may go negative (a debt) */
+    size_t listener_idx;          /* 1 + index in broker->listeners; 0 = none */
     struct conn *throttle_next;   /* in throttled_by->throttled */
     bool dispatching;         /* inside process(): input must not be re-entered */
     uint8_t proxy_accept;     /* PROXY_PROTO_ACCEPT_* versions, in CONN_PROXY_HEADER */
@@ -144,6 +150,7 @@ struct session {
 
     struct queued *queue_head, *queue_tail;
     uint32_t queue_len;
+    uint64_t queue_bytes;   /* payload bytes of the queued messages */
     struct conn *throttled; /* publishers waiting for this queue to drain */
     struct session *throttling_prev, *throttling_next; /* in broker->throttling */
     uint64_t throttled_since_ms;
@@ -185,6 +192,9 @@ struct listener_slot {
     char *address;
     struct listener_spec spec;
     struct ssl_ctx_st *tls_ctx; /* TLS listeners: the context new connections get */
+    size_t conn_count;          /* open connections accepted here */
+    uint64_t rate_window_ms;    /* start of the current one-second accept window */
+    uint32_t rate_count;        /* connections accepted in that window */
 };
 
 struct broker {
@@ -232,6 +242,7 @@ struct broker {
     struct conn *publisher; /* client whose PUBLISH is being routed, else NULL */
     struct session *throttling; /* sessions that have publishers paused */
     struct broker_metrics metrics;
+    uint64_t limit_log_ms; /* last "connection limit" log line (one per second at most) */
 };
 
 static inline uint64_t
@@ -340,6 +351,22 @@ void session_check_stalls(struct broker *b);
 
 /* Fills info from a connected (or claiming) connection. */
 void conn_client_info(const struct conn *c, struct broker_client_info *info);
+
+/* ---- limits.c: connection and publish rate limits ---- */
+
+/* At accept on l: false if max-connections (node or listener) or the
+ * listener's max-connection-rate forbids another connection (counted,
+ * logged at most once a second); the caller then closes the socket. */
+bool limits_admit(struct broker *b, struct listener_slot *l);
+
+/* The per-listener connection count of c, opened and closed. */
+void limits_conn_opened(struct conn *c, const struct listener_slot *l);
+void limits_conn_closed(struct conn *c);
+
+/* Charges a PUBLISH of payload_len bytes to c's token buckets; over
+ * max-publish-rate or max-publish-bytes-rate, pauses c's input (counted)
+ * until the buckets refill. Never drops the message. */
+void limits_charge_publish(struct conn *c, size_t payload_len);
 
 /* ---- transport.c: PROXY header, TLS and WebSocket handshakes, frames ---- */
 

@@ -133,7 +133,7 @@ broker_forward_resume(struct broker *b)
         if (!c->forward_paused)
             continue;
         c->forward_paused = false;
-        if (c->state != CONN_CLAIMING)
+        if (c->state != CONN_CLAIMING && !c->rate_paused) /* the rate timer resumes it */
             conn_resume_input(c);
     }
 }

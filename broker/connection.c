@@ -200,6 +200,7 @@ conn_accept(struct broker *b, int fd, const char *peer, const struct listener_sl
         b->conns->prev = c;
     b->conns = c;
     b->conn_count++;
+    limits_conn_opened(c, l);
     b->metrics.connections_accepted++;
     log_debug("accepted connection %llu from %s", (unsigned long long)c->channel, peer);
 }
@@ -402,6 +403,7 @@ conn_close(struct conn *c, enum close_reason reason)
     c->will = NULL;
 
     timer_entry_cancel(&c->timer);
+    limits_conn_closed(c);
     event_del(&c->ev);
     tls_conn_free(c->tls); /* close_notify, before the socket goes */
     close(c->fd);
@@ -586,7 +588,7 @@ process(struct conn *c, const uint8_t *buf, size_t len)
         if (!dispatch(c, &p))
             return false;
         c->dispatching = false;
-        if (c->state == CONN_CLAIMING || c->throttled_by || c->forward_paused)
+        if (c->state == CONN_CLAIMING || c->throttled_by || c->forward_paused || c->rate_paused)
             return conn_keep_input(c, buf + off, len - off);
     }
     return true;
@@ -765,6 +767,8 @@ conn_on_timer(struct timer_entry *entry, uint64_t now_ms)
     }
     /* Keepalive: the deadline moves with every read, so check before acting. */
     uint64_t limit = (uint64_t)c->keepalive * 1500u;
+    if (c->rate_paused)
+        c->last_rx_ms = now_ms; /* we stopped reading it (publish rate): not its silence */
     if (now_ms - c->last_rx_ms >= limit) {
         log_info("%s (%s): keepalive %us expired, closing", c->peer, c->session->client_id,
                  (unsigned)c->keepalive);

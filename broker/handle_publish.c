@@ -87,6 +87,7 @@ handle_publish(struct conn *c, const struct mqtt_packet *p)
         return RMQ_PROTOCOL;
     }
     count_received(b, pub->qos);
+    limits_charge_publish(c, pub->payload_len); /* may pause input after this packet */
     struct route r = {
         .topic = (const char *)pub->topic.data,
         .topic_len = pub->topic.len,

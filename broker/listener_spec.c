@@ -130,6 +130,32 @@ p_path(struct listener_spec *s, const char *v)
     return v[0] == '/' ? RMQ_OK : RMQ_INVALID;
 }
 
+/* A count from 0 to 10,000,000 (decimal digits only). */
+static enum rmq_status
+parse_count(const char *v, unsigned *out)
+{
+    char *end;
+    if (v[0] < '0' || v[0] > '9')
+        return RMQ_INVALID;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*end || n > 10000000ul)
+        return RMQ_INVALID;
+    *out = (unsigned)n;
+    return RMQ_OK;
+}
+
+static enum rmq_status
+p_max_connections(struct listener_spec *s, const char *v)
+{
+    return parse_count(v, &s->max_connections);
+}
+
+static enum rmq_status
+p_max_connection_rate(struct listener_spec *s, const char *v)
+{
+    return parse_count(v, &s->max_connection_rate);
+}
+
 enum param_scope { ANY, TLS_ONLY, WS_ONLY };
 
 static const struct {
@@ -147,6 +173,8 @@ static const struct {
     {"min-version", TLS_ONLY, p_min_version, "1.2 or 1.3"},
     {"ciphers", TLS_ONLY, p_ciphers, "an OpenSSL cipher list"},
     {"path", WS_ONLY, p_path, "a path starting with '/'"},
+    {"max-connections", ANY, p_max_connections, "a count from 0 to 10000000"},
+    {"max-connection-rate", ANY, p_max_connection_rate, "a count from 0 to 10000000"},
 };
 
 static enum rmq_status
@@ -295,6 +323,7 @@ listener_spec_parse(const char *url, const struct listener_options *opts,
         return RMQ_INVALID;
     }
     apply_defaults(out, opts);
+    out->max_connection_rate = opts->max_connection_rate;
     if (parse_min_version(opts->tls_min_version, &out->tls_cfg.min_version) != RMQ_OK) {
         set_err(err, errlen, "tls-min-version: '%s' is not 1.2 or 1.3", opts->tls_min_version);
         return RMQ_INVALID;

@@ -10,7 +10,8 @@
  * listener only: `tls://0.0.0.0:8883?require-certificate=true&proxy-protocol=v2`.
  * Keys: proxy-protocol (any listener); cert, key, ca-file, require-certificate,
  * use-identity-as-username, min-version, ciphers (tls:// and wss://); path
- * (ws:// and wss://). Values are taken literally (no percent-decoding).
+ * (ws:// and wss://); max-connections, max-connection-rate (any listener).
+ * Values are taken literally (no percent-decoding).
  *
  * Pure: parsing only, no files opened (tls.c loads them). Any thread. */
 #ifndef RMQ_BROKER_LISTENER_SPEC_H
@@ -36,6 +37,7 @@ struct listener_options {
     bool tls_use_identity_as_username;
     const char *tls_min_version; /* "1.2" or "1.3"; NULL = 1.2 */
     const char *tls_ciphers;     /* OpenSSL cipher list for TLS 1.2; NULL = OpenSSL's */
+    unsigned max_connection_rate; /* connections accepted per second per listener, 0 = unlimited */
 };
 
 /* A TLS listener's effective settings. */
@@ -54,6 +56,8 @@ struct listener_spec {
     char host[256];
     char port[8];
     struct listener_tls tls_cfg; /* meaningful when tls */
+    unsigned max_connections;     /* open connections on this listener, 0 = unlimited */
+    unsigned max_connection_rate; /* connections accepted per second, 0 = unlimited */
     char *text;                  /* owned copy of the address: query values point into it */
 };
 

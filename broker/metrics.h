@@ -39,7 +39,11 @@
     X(acl_denied, "publishes and subscriptions refused by the ACL")                           \
     X(proxy_errors, "connections closed for a missing, malformed or late PROXY header")      \
     X(tls_handshake_errors, "TLS handshakes that failed or did not finish in time")           \
-    X(ws_handshake_errors, "WebSocket handshakes refused or not finished in time")
+    X(ws_handshake_errors, "WebSocket handshakes refused or not finished in time")          \
+    X(connections_limited, "connections closed at accept: max-connections reached")           \
+    X(connections_rate_limited, "connections closed at accept: max-connection-rate exceeded") \
+    X(publish_rate_limited, "publishers paused for exceeding max-publish-rate or -bytes-rate") \
+    X(queue_bytes_dropped, "QoS 1/2 messages dropped: session queue above max-queued-bytes")
 
 struct broker_metrics {
 #define BROKER_METRICS_FIELD(name, help) uint64_t name;

@@ -73,7 +73,8 @@ session_unthrottle(struct broker *b, struct session *s)
         s->throttled = c->throttle_next;
         c->throttle_next = NULL;
         c->throttled_by = NULL;
-        conn_resume_input(c);
+        if (!c->rate_paused) /* the rate timer resumes it */
+            conn_resume_input(c);
     }
 }
 
@@ -263,6 +264,12 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
         b->metrics.messages_dropped++;
         return;
     }
+    uint64_t max_bytes = b->cfg->max_queued_bytes;
+    if (max_bytes && s->queue_bytes + msg->payload_len > max_bytes) {
+        b->metrics.messages_dropped++;
+        b->metrics.queue_bytes_dropped++;
+        return;
+    }
     struct queued *q = malloc(sizeof(*q));
     if (!q) {
         b->metrics.messages_dropped++;
@@ -277,6 +284,7 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
         s->queue_head = q;
     s->queue_tail = q;
     s->queue_len++;
+    s->queue_bytes += msg->payload_len;
 }
 
 /* Moves queued messages into the window while it has room. */
@@ -291,6 +299,7 @@ pump(struct broker *b, struct session *s)
         if (!s->queue_head)
             s->queue_tail = NULL;
         s->queue_len--;
+        s->queue_bytes -= q->msg->payload_len;
         message_unref(q->msg);
         free(q);
     }

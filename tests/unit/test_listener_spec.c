@@ -141,6 +141,29 @@ test_websocket_forms(void **state)
 }
 
 static void
+test_connection_limits(void **state)
+{
+    (void)state;
+    struct listener_options rate = {.max_connection_rate = 50};
+    struct listener_spec s;
+    assert_parses("127.0.0.1:1883", NULL, &s);
+    assert_int_equal(s.max_connections, 0);
+    assert_int_equal(s.max_connection_rate, 0);
+    listener_spec_free(&s);
+    assert_parses("127.0.0.1:1883", &rate, &s);
+    assert_int_equal(s.max_connection_rate, 50);
+    listener_spec_free(&s);
+    assert_parses("ws://127.0.0.1:80?max-connections=100&max-connection-rate=0", &rate, &s);
+    assert_int_equal(s.max_connections, 100);
+    assert_int_equal(s.max_connection_rate, 0);
+    listener_spec_free(&s);
+    assert_refused("127.0.0.1:1883?max-connections=-1", NULL, "max-connections: '-1'");
+    assert_refused("127.0.0.1:1883?max-connections=", NULL, "max-connections: ''");
+    assert_refused("127.0.0.1:1883?max-connection-rate=10000001", NULL,
+                   "max-connection-rate: '10000001' is not a count");
+}
+
+static void
 test_refusals(void **state)
 {
     (void)state;
@@ -183,6 +206,7 @@ main(void)
         cmocka_unit_test(test_global_proxy_default_and_override),
         cmocka_unit_test(test_tls_defaults_and_overrides),
         cmocka_unit_test(test_websocket_forms),
+        cmocka_unit_test(test_connection_limits),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
