@@ -388,6 +388,7 @@ broker_free(struct broker *b)
     if (b->sys_ev)
         event_free(b->sys_ev);
     session_free_ghosts(b); /* before the tree they match in and the wheel they wait on */
+    session_free_stash(b);
     share_free_all(b);      /* after every member session went */
     topic_tree_free(b->subs);
     retain_free(b->retained);

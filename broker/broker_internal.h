@@ -219,6 +219,8 @@ struct broker {
     struct hashmap *filter_refs; /* filter -> subscriptions to it (as a uintptr_t) */
     size_t forward_paused;       /* connections paused for the forwarder (an upper bound) */
     struct hashmap *groups;      /* shared subscription key -> struct share_group */
+    struct stashed *stash;       /* redirected messages that came before their session */
+    size_t stash_count;
     struct topic_tree *shared;   /* the groups' filters; subscribers are groups */
     struct session *ghosts;      /* sessions handed over, still redirecting */
     void (*redirect)(void *ctx, const char *addr, const char *client_id,
@@ -260,6 +262,19 @@ void broker_refresh_clock(struct broker *b);
 void session_notify(struct broker *b, const struct session *s, enum broker_session_change change,
                     const char *filter, size_t filter_len, uint8_t qos,
                     const struct message *msg);
+
+/* A redirected message that arrived before the hand-over that brings its
+ * session here (they travel on different connections). */
+struct stashed {
+    struct stashed *next;
+    struct message *msg;
+    uint8_t qos;
+    uint64_t expires_ms;
+    char client_id[];
+};
+
+/* Frees every stashed message (broker_free). */
+void session_free_stash(struct broker *b);
 
 /* Sends what a ghost session matched to the node it moved to. */
 void session_redirect(struct broker *b, struct session *s, const struct route *r, uint8_t qos,

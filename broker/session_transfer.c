@@ -211,15 +211,109 @@ broker_api_set_redirect(struct broker *b,
     b->redirect = fn;
 }
 
+#define STASH_MS 3000   /* a hand-over arrives well within this */
+#define STASH_MAX 10000 /* messages held for sessions still on their way */
+
+static void
+stash_drop_expired(struct broker *b)
+{
+    struct stashed **pp = &b->stash;
+    while (*pp) {
+        struct stashed *e = *pp;
+        if (e->expires_ms <= broker_now(b)) {
+            *pp = e->next;
+            message_unref(e->msg);
+            free(e);
+            b->stash_count--;
+            b->metrics.messages_dropped++;
+        } else {
+            pp = &e->next;
+        }
+    }
+}
+
+static enum rmq_status
+stash(struct broker *b, const char *client_id, const struct route *r, uint8_t qos)
+{
+    stash_drop_expired(b);
+    size_t n = strlen(client_id) + 1;
+    struct stashed *e = b->stash_count < STASH_MAX ? malloc(sizeof(*e) + n) : NULL;
+    struct message *msg = e ? message_new(r->topic, r->topic_len, r->payload, r->payload_len,
+                                          r->qos, false, broker_now(b))
+                            : NULL;
+    if (!msg) {
+        free(e);
+        b->metrics.messages_dropped++;
+        return RMQ_NOMEM;
+    }
+    e->msg = msg;
+    e->qos = qos;
+    e->expires_ms = broker_now(b) + STASH_MS;
+    memcpy(e->client_id, client_id, n);
+    /* Appended at the tail: they go out in the order they came. */
+    struct stashed **pp = &b->stash;
+    while (*pp)
+        pp = &(*pp)->next;
+    e->next = NULL;
+    *pp = e;
+    b->stash_count++;
+    return RMQ_OK;
+}
+
+/* The session just arrived: what was redirected to it meanwhile goes in. */
+static void
+unstash(struct broker *b, struct session *s)
+{
+    struct stashed **pp = &b->stash;
+    while (*pp) {
+        struct stashed *e = *pp;
+        if (strcmp(e->client_id, s->client_id) != 0) {
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        b->stash_count--;
+        struct route r = {.topic = e->msg->topic,
+                          .topic_len = e->msg->topic_len,
+                          .payload = e->msg->payload,
+                          .payload_len = e->msg->payload_len,
+                          .qos = e->msg->qos,
+                          .msg = e->msg};
+        session_deliver(b, s, &r, e->qos, false);
+        message_unref(e->msg);
+        free(e);
+    }
+}
+
+void
+session_free_stash(struct broker *b)
+{
+    while (b->stash) {
+        struct stashed *e = b->stash;
+        b->stash = e->next;
+        message_unref(e->msg);
+        free(e);
+    }
+    b->stash_count = 0;
+}
+
 enum rmq_status
 broker_api_deliver_session(struct broker *b, const char *client_id, const char *topic,
                            size_t topic_len, const void *payload, size_t payload_len,
                            uint8_t qos, bool retain)
 {
-    struct session *s = hashmap_get(b->sessions, client_id, strlen(client_id));
-    if (!s || qos > 2 || topic_len > UINT16_MAX || payload_len > UINT32_MAX)
+    if (qos > 2 || topic_len > UINT16_MAX || payload_len > UINT32_MAX)
         return RMQ_NOT_FOUND;
     broker_refresh_clock(b);
+    struct session *s = hashmap_get(b->sessions, client_id, strlen(client_id));
+    if (!s) {
+        struct route early = {.topic = topic,
+                              .topic_len = (uint16_t)topic_len,
+                              .payload = payload,
+                              .payload_len = (uint32_t)payload_len,
+                              .qos = qos};
+        return qos > 0 ? stash(b, client_id, &early, qos) : RMQ_NOT_FOUND;
+    }
     struct route r = {
         .topic = topic,
         .topic_len = (uint16_t)topic_len,
@@ -277,6 +371,7 @@ broker_api_session_import(struct broker *b, const char *client_id, const char *c
         message_unref(r.msg);
     }
     s->leaving = false;
+    unstash(b, s);
     log_info("client %s: session taken over from another node (%zu subscriptions, %zu messages)",
              client_id, sub_count, msg_count);
     return RMQ_OK;

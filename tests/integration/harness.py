@@ -104,11 +104,22 @@ def check_eq(got, want, what):
 # Broker process
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
+    """A loopback port nothing listens on, never one this process handed out
+    before: the kernel may offer a just-closed port again, and two nodes of
+    one cluster given the same port make the second fail to listen while the
+    first answers its readiness probe."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _PORTS_GIVEN:
+            break
+    _PORTS_GIVEN.add(port)
     return port
 
 
