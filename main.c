@@ -123,6 +123,7 @@ broker_config_from(const struct settings *s, struct broker_config *cfg)
         .max_publish_rate = (uint32_t)s->max_publish_rate,
         .max_publish_bytes_rate = s->max_publish_bytes_rate,
         .max_queued_bytes = s->max_queued_bytes,
+        .durable_sessions = s->durable_sessions,
         .epoch = clock_wall_ms(),
     };
 }
@@ -244,6 +245,11 @@ load_settings(int argc, char **argv, struct settings *s)
         return 2;
     if (s->bridge.count && !s->redis) {
         fprintf(stderr, "relaymq: bridge: rules need --redis (the streams are written there)\n");
+        return 2;
+    }
+    if (s->durable_sessions && !s->redis) {
+        fprintf(stderr, "relaymq: durable-sessions: needs --redis (the sessions' copies are "
+                        "kept there)\n");
         return 2;
     }
     if (s->bridge.count) {
@@ -406,13 +412,18 @@ run(const struct settings *s)
         fwd_cfg = (struct forwarder_config){.prefix = s->redis_prefix,
                                             .max_buffer = FORWARD_MAX_BUFFER,
                                             .max_batch = FORWARD_MAX_BATCH,
-                                            .max_stall_ms = s->backpressure_timeout_ms};
+                                            .max_stall_ms = s->backpressure_timeout_ms,
+                                            .durable = s->durable_sessions};
         if (peers && !(forwarder = forwarder_new(base, broker, cluster, cluster_redis(cluster),
                                                  routes, peers, &fwd_cfg)))
             goto fail;
         sess_cfg = (struct sessions_config){.prefix = s->redis_prefix,
                                             .node_id = s->node_id,
-                                            .max_queued = (uint32_t)s->max_queued_messages,
+                                            .max_queued = (uint32_t)(s->max_queued_messages +
+                                                                     (s->durable_sessions
+                                                                          ? s->max_inflight
+                                                                          : 0)),
+                                            .durable = s->durable_sessions,
                                             .advertise = s->advertise ? s->advertise
                                                                       : s->internal};
         if (!(sessions = sessions_new(base, broker, cluster, routes, cluster_redis(cluster), peers,

@@ -78,6 +78,9 @@ const struct config_option settings_options[] = {
     OPT("redis-prefix", CONFIG_STRING, "rmq:", redis_prefix, 0, 0, "prefix of every Redis key"),
     OPT("node-ttl", CONFIG_DURATION, "10s", node_ttl_ms, 1000, 3600000,
         "node record lifetime in Redis; heartbeat every third of it"),
+    OPT("durable-sessions", CONFIG_BOOL, "false", durable_sessions, 0, 0,
+        "cluster: keep every QoS 1/2 message owed to a persistent session in Redis until "
+        "acknowledged, so a killed node loses none for clients that reconnect (docs/cluster.md)"),
     OPT("device-id", CONFIG_STRING, "clientid", device_id, 0, 0,
         "CONNECT field that names the device: clientid or username"),
     OPT("events-maxlen", CONFIG_INT, "100000", events_maxlen, 1, 1000000000,

@@ -13,6 +13,7 @@
 struct settings {
     struct config_list listen;
     bool allow_anonymous;
+    bool durable_sessions;
     char *node_id;
     char *log_level;
     uint64_t max_packet_size;

@@ -59,6 +59,14 @@ on_match(void *subscriber, uint8_t qos, void *arg)
 }
 
 void
+broker_match(struct broker *b, const char *topic, uint16_t topic_len)
+{
+    b->match_gen++;
+    b->matched_count = 0;
+    topic_tree_match(b->subs, topic, topic_len, on_match, b);
+}
+
+void
 broker_route(struct broker *b, struct route *r)
 {
     if (r->retain) {
@@ -68,9 +76,7 @@ broker_route(struct broker *b, struct route *r)
         if (r->msg)
             retain_set(b->retained, r->msg);
     }
-    b->match_gen++;
-    b->matched_count = 0;
-    topic_tree_match(b->subs, r->topic, r->topic_len, on_match, b);
+    broker_match(b, r->topic, r->topic_len);
     if (b->forward && !b->from_peer)
         broker_forward(b, r);
     /* Delivery to established subscriptions never carries RETAIN [MQTT-3.3.1-9]. */

@@ -39,6 +39,7 @@ struct broker_config {
     uint32_t max_publish_rate;       /* PUBLISH packets per second per client, 0 = unlimited */
     uint64_t max_publish_bytes_rate; /* payload bytes per second per client, 0 = unlimited */
     uint64_t max_queued_bytes;       /* queued payload bytes per session, 0 = unlimited */
+    bool durable_sessions; /* persistent sessions report every QoS 1/2 message they owe */
     uint64_t epoch; /* this run of the node (wall ms at start): channel ids are unique within it */
     const struct auth *auth; /* password file (broker/auth.h), NULL = none */
     const struct acl *acl;   /* topic ACL (broker/acl.h), NULL = everything allowed */
@@ -124,7 +125,10 @@ enum broker_session_change {
     SESSION_UNSUBSCRIBED, /* filter */
     SESSION_ONLINE,       /* a connection attached (its messages go out from memory) */
     SESSION_OFFLINE,      /* the connection ended; the session stays */
-    SESSION_QUEUED,       /* message kept for it while offline */
+    SESSION_QUEUED,       /* message kept for it while offline (durable_sessions: or
+                             owed to it while connected) */
+    SESSION_SETTLED,      /* durable_sessions: an owed message was acknowledged
+                             (PUBACK, or PUBREC at QoS 2) */
     SESSION_ENDED,        /* discarded (a clean-session CONNECT) */
 };
 
@@ -133,8 +137,8 @@ struct broker_session_event {
     const char *client_id;
     const char *filter; /* SUBSCRIBED, UNSUBSCRIBED; not NUL-terminated */
     size_t filter_len;
-    uint8_t qos;        /* SUBSCRIBED; QUEUED: the QoS it will go out at */
-    const struct broker_message *message; /* QUEUED */
+    uint8_t qos;        /* SUBSCRIBED; QUEUED, SETTLED: the QoS it goes out at */
+    const struct broker_message *message; /* QUEUED, SETTLED */
 };
 
 /* Read-only listeners on a broker loop (commands, stream bridges); every

@@ -124,6 +124,30 @@ enum rmq_status broker_api_session_import(struct broker *b, const char *client_i
                                           const uint8_t *qos, size_t sub_count,
                                           const struct broker_message *msgs, size_t msg_count);
 
+/* Marks the persistent session of client_id as restored from node, which
+ * died, at since_ms (wall clock): messages rescued from that node's
+ * undelivered batches (broker_api_route_rescued) in the next minute are for
+ * it. RMQ_NOT_FOUND without one. */
+enum rmq_status broker_api_session_set_origin(struct broker *b, const char *client_id,
+                                              const char *node, uint64_t since_ms);
+
+/* How long after its restore a session still takes rescued messages that
+ * were routed: once restored, its subscriptions reach every node within
+ * the route table's replication delay, well inside this (and the nodes'
+ * clocks are assumed this close). */
+#define BROKER_RESCUE_MARGIN_MS 2000
+
+/* A message another node could not hand to node before it died, first
+ * routed at routed_ms (wall clock; 0 = unknown): delivered at the
+ * subscriptions' QoS to the local persistent sessions restored from that
+ * node (broker_api_session_set_origin) whose filters match, unless it was
+ * routed more than BROKER_RESCUE_MARGIN_MS after the restore (the session
+ * had it directly); to no one else (the other subscribers had their copy).
+ * Returns how many sessions it reached. */
+size_t broker_api_route_rescued(struct broker *b, const char *node, uint64_t routed_ms,
+                                const char *topic, size_t topic_len, const void *payload,
+                                size_t payload_len, uint8_t qos, bool retain);
+
 /* Sessions held here (after broker_close_all: the persistent ones). */
 size_t broker_api_session_count(struct broker *b);
 

@@ -156,6 +156,9 @@ struct session {
     uint64_t throttled_since_ms;
     bool stalled; /* paused publishers too long: overflow is dropped until it drains */
     bool leaving; /* handed to another node: its end is not an end */
+    char *origin; /* the dead node it was restored from (rescued messages), or NULL */
+    uint64_t origin_until_ms; /* rescued messages are taken until then (monotonic) */
+    uint64_t origin_since_ms; /* when it was restored (wall clock) */
     bool freeing; /* session_free is running */
     /* A ghost: the session went to the node at ghost_addr; for a short while
      * its subscriptions stay here and what they match is sent on there. */
@@ -415,6 +418,10 @@ enum rmq_status handle_pubrel(struct conn *c, const struct mqtt_packet *p);
 enum rmq_status handle_pubcomp(struct conn *c, const struct mqtt_packet *p);
 enum rmq_status handle_subscribe(struct conn *c, const struct mqtt_packet *p);
 enum rmq_status handle_unsubscribe(struct conn *c, const struct mqtt_packet *p);
+
+/* Fills b->matched with the sessions whose filters match topic, once each,
+ * with their highest matching QoS in match_qos. */
+void broker_match(struct broker *b, const char *topic, uint16_t topic_len);
 
 /* Routes a publish to every matching session, and stores it when retained.
  * Takes nothing: r->msg (if made) is released by the call. */

@@ -149,6 +149,7 @@ session_free(struct broker *b, struct session *s)
         q = next;
     }
     free(s->qos2_in);
+    free(s->origin);
     free(s->ghost_addr);
     timer_entry_cancel(&s->ghost_timer);
     free(s->client_id);
@@ -276,7 +277,7 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
         return;
     }
     *q = (struct queued){.msg = message_ref(msg), .qos = qos, .retain = retain};
-    if (!s->conn)
+    if (!s->conn || b->cfg->durable_sessions)
         session_notify(b, s, SESSION_QUEUED, NULL, 0, qos, msg);
     if (s->queue_tail)
         s->queue_tail->next = q;
@@ -336,8 +337,11 @@ session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qo
         b->metrics.messages_dropped++;
         return;
     }
-    if (!s->queue_head && window_open(b, s) && start_inflight(b, s, msg, qos, retain))
+    if (!s->queue_head && window_open(b, s) && start_inflight(b, s, msg, qos, retain)) {
+        if (b->cfg->durable_sessions)
+            session_notify(b, s, SESSION_QUEUED, NULL, 0, qos, msg);
         return;
+    }
     enqueue(b, s, msg, qos, retain);
     if (s->conn)
         maybe_throttle(b, s);
@@ -392,6 +396,9 @@ session_ack(struct broker *b, struct session *s, enum mqtt_type type, uint16_t p
                 o->acked(o->ctx, s->conn->channel, f->msg->tag);
         }
     }
+    if (f && f->msg && b->cfg->durable_sessions &&
+        ((type == MQTT_PUBACK && f->qos == 1) || (type == MQTT_PUBREC && f->qos == 2)))
+        session_notify(b, s, SESSION_SETTLED, NULL, 0, f->qos, f->msg);
     switch (type) {
     case MQTT_PUBACK:
         if (f && f->qos == 1)

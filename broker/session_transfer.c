@@ -328,6 +328,60 @@ broker_api_deliver_session(struct broker *b, const char *client_id, const char *
     return RMQ_OK;
 }
 
+#define ORIGIN_MS 60000 /* rescues come within seconds of a node's death */
+
+enum rmq_status
+broker_api_session_set_origin(struct broker *b, const char *client_id, const char *node,
+                              uint64_t since_ms)
+{
+    struct session *s = persistent(b, client_id);
+    if (!s)
+        return RMQ_NOT_FOUND;
+    char *copy = strdup(node);
+    if (!copy)
+        return RMQ_NOMEM;
+    free(s->origin);
+    s->origin = copy;
+    broker_refresh_clock(b);
+    s->origin_until_ms = broker_now(b) + ORIGIN_MS;
+    s->origin_since_ms = since_ms;
+    return RMQ_OK;
+}
+
+size_t
+broker_api_route_rescued(struct broker *b, const char *node, uint64_t routed_ms,
+                         const char *topic, size_t topic_len, const void *payload,
+                         size_t payload_len, uint8_t qos, bool retain)
+{
+    if (qos > 2 || topic_len == 0 || topic_len > UINT16_MAX || payload_len > UINT32_MAX)
+        return 0;
+    broker_refresh_clock(b);
+    struct route r = {
+        .topic = topic,
+        .topic_len = (uint16_t)topic_len,
+        .payload = payload,
+        .payload_len = (uint32_t)payload_len,
+        .qos = qos,
+        .retain = retain,
+    };
+    size_t reached = 0;
+    broker_match(b, r.topic, r.topic_len);
+    for (size_t i = 0; i < b->matched_count; i++) {
+        struct session *s = b->matched[i];
+        if (!s->origin || strcmp(s->origin, node) != 0 || broker_now(b) >= s->origin_until_ms ||
+            s->ghost_addr)
+            continue; /* not one of the dead node's sessions (it had its copy), or a ghost:
+                         its new node is sent the rescue too */
+        if (routed_ms > s->origin_since_ms + BROKER_RESCUE_MARGIN_MS)
+            continue; /* routed after the session was restored: it had it */
+        session_deliver(b, s, &r, qos < s->match_qos ? qos : s->match_qos, false);
+        reached++;
+    }
+    message_unref(r.msg);
+    b->metrics.messages_from_peers++;
+    return reached;
+}
+
 enum rmq_status
 broker_api_session_import(struct broker *b, const char *client_id, const char *const *filters,
                           const size_t *filter_lens, const uint8_t *qos, size_t sub_count,

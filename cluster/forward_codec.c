@@ -24,7 +24,8 @@ void
 forward_frame_write(uint8_t *out, const struct forward_frame *f)
 {
     uint8_t flags = (uint8_t)((f->qos & 3u) | (f->retain ? 4u : 0u) | (f->target ? 8u : 0u) |
-                              (f->target && f->group ? 16u : 0u));
+                              (f->target && f->group ? 16u : 0u) |
+                              (f->target && f->rescued ? 32u : 0u));
     out[0] = flags;
     if (f->target) {
         out[1] = (uint8_t)(f->target_len >> 8);
@@ -56,11 +57,13 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
     uint8_t flags = buf[at];
     const char *target = NULL;
     size_t target_len = 0;
-    if ((flags & ~31u) || (flags & 3u) == 3u || ((flags & 16u) && !(flags & 8u)))
+    if ((flags & ~63u) || (flags & 3u) == 3u || ((flags & 48u) && !(flags & 8u)) ||
+        (flags & 48u) == 48u)
         return RMQ_PROTOCOL;
     if (flags & 8u) {
         target_len = (size_t)buf[at + 1] << 8 | buf[at + 2];
-        if (target_len == 0 || len - at < 3 + target_len + 3)
+        if (target_len == 0 || len - at < 3 + target_len + 3 ||
+            ((flags & 32u) && target_len <= FORWARD_RESCUE_TIME))
             return RMQ_PROTOCOL;
         target = (const char *)buf + at + 3;
         at += 3 + target_len; /* buf[at] repeats the flags byte */
@@ -88,6 +91,7 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
         .target = target,
         .target_len = target_len,
         .group = (flags & 16u) != 0,
+        .rescued = (flags & 32u) != 0,
     };
     *pos = at + 3 + tlen + 4 + plen;
     return RMQ_OK;

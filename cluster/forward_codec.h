@@ -3,10 +3,15 @@
  *
  *   u8  flags        bits 0-1 QoS, bit 2 retain, bit 3 targeted, bit 4 (only
  *                    with bit 3) the target is a shared subscription group's
- *                    key rather than a client id; others 0
- *   [u16 client id length, the client id, u8 flags again]   only when
+ *                    key rather than a client id; bit 5 (only with bit 3,
+ *                    not with bit 4) a rescued message: the target is u64
+ *                    (big endian) the wall-clock ms when it was first
+ *                    routed, then the id of the dead node it was meant
+ *                    for; others 0
+ *   [u16 target length, the target, u8 flags again]   only when
  *                    targeted: the message is for that one session (a
- *                    redirect after a hand-over)
+ *                    redirect after a hand-over), that group, or the
+ *                    sessions restored from that dead node
  *   u16 topic length (big endian), then the topic (a valid topic name)
  *   u32 payload length (big endian), then the payload
  *
@@ -21,6 +26,7 @@
 #include "common/status.h"
 
 #define FORWARD_FRAME_OVERHEAD 7u
+#define FORWARD_RESCUE_TIME 8u /* bytes of the routed-at time in a rescued frame's target */
 #define FORWARD_MAX_PAYLOAD 268435455u /* MQTT's largest */
 
 struct forward_frame {
@@ -33,6 +39,7 @@ struct forward_frame {
     const char *target; /* a client id, or NULL: for the node's subscribers */
     size_t target_len;
     bool group;         /* target is a shared group's key ("$share/g/f") */
+    bool rescued;       /* target is the dead node whose sessions it is for */
 };
 
 /* Bytes one frame takes. */

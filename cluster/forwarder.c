@@ -40,6 +40,9 @@
 #define HIGH_WATER_DIV 64 /* pause publishers above max_buffer / 64 pending for a peer */
 #define LOW_WATER_DIV 256 /* resume when every peer is below max_buffer / 256 */
 #define RETRY_MS 100
+#define MARK_MS 10 /* resolution of a rescued message's routed-at time */
+#define DOWN_RETRY_MS 500 /* durable: a peer that is down is tried this often */
+#define RESCUE_DELAY_MS 1500 /* a dead node's sessions are restored well within this */
 #define RETAINED_SCAN 500
 #define FORWARD_PATH "/internal/v1/forward"
 #define BATCH_TYPE "application/x-relaymq-batch"
@@ -56,8 +59,32 @@ struct link {
     size_t sending_frames;
     size_t frames;         /* frames in [head, len) */
     int tries;
+    bool down;      /* durable: MAX_TRIES failed in a row; kept, retried, no back-pressure */
+    bool abandoned; /* the request in flight was for a node that left: ignore its answer */
+    bool by_addr;   /* a redirect link, named by its address: never held */
+    /* durable: when frames were routed, one mark per MARK_MS at most (the
+     * first frame at or after off was routed at ms); for a rescue. */
+    struct mark {
+        size_t off;
+        uint64_t ms;
+    } *marks;
+    size_t mark_count, mark_cap;
     struct event *retry;
     char *addr;
+    char node[];
+};
+
+/* What was waiting for a node that left, re-sent as rescued frames once
+ * its sessions have been restored elsewhere. */
+struct rescue {
+    struct forwarder *f;
+    struct rescue *next;
+    struct event *timer;
+    uint8_t *buf;
+    size_t len, pos, done;
+    struct mark *marks; /* offsets into buf */
+    size_t mark_count, mark_at;
+    uint64_t paused_since; /* monotonic ms, 0 = not waiting */
     char node[];
 };
 
@@ -79,6 +106,8 @@ struct forwarder {
     uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
     uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
     uint64_t redirects_out, redirects_in, shared_out, shared_in, shared_lost;
+    uint64_t rescued_out, rescued_in, rescue_lost, barriers_failed;
+    struct rescue *rescues; /* waiting for RESCUE_DELAY_MS */
     struct hashmap *share_turns; /* group key -> next turn (uintptr_t) */
     _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
     /* per-message scratch for the routes callback */
@@ -97,6 +126,7 @@ link_free(void *v)
     if (l->retry)
         event_free(l->retry);
     free(l->buf);
+    free(l->marks);
     free(l->addr);
     free(l);
 }
@@ -122,6 +152,7 @@ link_get(struct forwarder *f, const char *node, const char *addr)
         return NULL;
     memcpy(l->node, node, n + 1);
     l->f = f;
+    l->by_addr = strcmp(node, addr) == 0;
     l->addr = strdup(addr);
     l->retry = evtimer_new(f->base, on_retry, l);
     if (!l->addr || !l->retry || hashmap_put(f->links, l->node, n, l, NULL) != RMQ_OK) {
@@ -131,13 +162,46 @@ link_get(struct forwarder *f, const char *node, const char *addr)
     return l;
 }
 
+/* The buffer's bytes before head are gone: marks move with the rest; the
+ * last mark at or before head stays (it dates the frame at head). */
+static void
+marks_forget(struct link *l, size_t head, size_t shift)
+{
+    size_t drop = 0;
+    while (drop + 1 < l->mark_count && l->marks[drop + 1].off <= head)
+        drop++;
+    l->mark_count -= drop;
+    memmove(l->marks, l->marks + drop, l->mark_count * sizeof(*l->marks));
+    for (size_t i = 0; i < l->mark_count; i++)
+        l->marks[i].off = l->marks[i].off > shift ? l->marks[i].off - shift : 0;
+}
+
+static void
+mark_now(struct link *l)
+{
+    uint64_t now = clock_wall_ms();
+    if (l->mark_count && now - l->marks[l->mark_count - 1].ms < MARK_MS)
+        return;
+    if (l->mark_count == l->mark_cap) {
+        size_t cap = l->mark_cap ? l->mark_cap * 2 : 16;
+        struct mark *m = realloc(l->marks, cap * sizeof(*m));
+        if (!m)
+            return; /* coarser times: the previous mark dates these frames */
+        l->marks = m;
+        l->mark_cap = cap;
+    }
+    l->marks[l->mark_count++] = (struct mark){l->len, now};
+}
+
 static bool
 reserve(struct link *l, size_t more)
 {
     if (l->head > 0 && l->head == l->len && !l->sending) {
         l->head = l->len = 0; /* everything sent: start over */
+        l->mark_count = 0;
     } else if (l->head > l->cap / 2 && !l->sending) {
         memmove(l->buf, l->buf + l->head, l->len - l->head);
+        marks_forget(l, l->head, l->head);
         l->len -= l->head;
         l->head = 0;
     }
@@ -175,11 +239,13 @@ append_to(void *arg, const char *node, const char *addr)
         f->dropped_full++;
         return;
     }
+    if (f->cfg->durable && !l->by_addr)
+        mark_now(l);
     forward_frame_write(l->buf + l->len, fr);
     l->len += size;
     l->frames++;
     f->appended = true;
-    if (l->len - l->head > f->cfg->max_buffer / HIGH_WATER_DIV) {
+    if (!l->down && l->len - l->head > f->cfg->max_buffer / HIGH_WATER_DIV) {
         /* Back-pressure: this publisher waits until the peer catches up. */
         broker_forward_pause(f->broker);
         f->paused = true;
@@ -198,7 +264,7 @@ maybe_resume(struct forwarder *f)
     void *v;
     while (hashmap_next(f->links, &pos, &key, &len, &v)) {
         const struct link *l = v;
-        if (l->len - l->head > f->cfg->max_buffer / LOW_WATER_DIV)
+        if (!l->down && l->len - l->head > f->cfg->max_buffer / LOW_WATER_DIV)
             return;
     }
     f->paused = false;
@@ -215,11 +281,38 @@ on_sent(const struct peer_result *res, void *arg)
     struct link *l = arg;
     struct forwarder *f = l->f;
     bool ok = res->error == PEER_OK && res->status >= 200 && res->status < 300;
+    if (l->abandoned) { /* its bytes went to a rescue */
+        l->abandoned = false;
+        l->sending = l->sending_frames = 0;
+        l->tries = 0;
+        if (res->error != PEER_CANCELLED)
+            send_next(l);
+        return;
+    }
     if (!ok && res->error != PEER_CANCELLED && ++l->tries < MAX_TRIES) {
         f->retries++;
         struct timeval tv = {0, (suseconds_t)(RETRY_MS * l->tries) * 1000};
         evtimer_add(l->retry, &tv);
         return;
+    }
+    if (!ok && res->error != PEER_CANCELLED && f->cfg->durable && !l->by_addr) {
+        /* Durable: nothing is dropped for a node that does not answer. It
+         * is retried until it answers or leaves (then its messages are
+         * rescued); meanwhile it no longer holds publishers back. */
+        if (!l->down)
+            log_warn("forward to node %s (%s): not answering (%s, HTTP %d); keeping its "
+                     "messages until it answers or leaves",
+                     l->node, l->addr, peer_error_name(res->error), res->status);
+        l->down = true;
+        f->retries++;
+        maybe_resume(f);
+        struct timeval tv = {0, DOWN_RETRY_MS * 1000};
+        evtimer_add(l->retry, &tv);
+        return;
+    }
+    if (ok && l->down) {
+        log_info("forward to node %s (%s): answering again", l->node, l->addr);
+        l->down = false;
     }
     if (ok) {
         f->sent_msgs += l->sending_frames;
@@ -233,6 +326,8 @@ on_sent(const struct peer_result *res, void *arg)
     }
     l->head += l->sending;
     l->frames -= l->sending_frames;
+    if (l->mark_count > 1)
+        marks_forget(l, l->head, 0);
     l->sending = l->sending_frames = 0;
     l->tries = 0;
     if (res->error != PEER_CANCELLED) {
@@ -414,7 +509,8 @@ on_remote_group(void *arg, const char *key, size_t key_len, const char *node, co
  * node in turn: this node delivers to one local member, another node gets a
  * frame aimed at the group and does the same. */
 static void
-forward_shared(struct forwarder *f, const struct broker_message *m)
+forward_shared(struct forwarder *f, const struct broker_message *m, const char *only_key,
+               size_t only_len)
 {
     struct share_cands c = {0};
     broker_api_match_groups(f->broker, m->topic, m->topic_len, on_local_group, &c);
@@ -424,6 +520,8 @@ forward_shared(struct forwarder *f, const struct broker_message *m)
             continue; /* a group already served */
         const char *key = c.items[i].key;
         size_t len = c.items[i].key_len, n = 0;
+        if (only_key && (len != only_len || memcmp(key, only_key, len) != 0))
+            continue; /* a rescue for one group: the others had their copy */
         for (size_t j = i; j < c.count; j++)
             n += c.items[j].key && c.items[j].key_len == len && memcmp(c.items[j].key, key, len) == 0;
         uintptr_t turn = (uintptr_t)hashmap_get(f->share_turns, key, len);
@@ -485,7 +583,7 @@ on_forward(void *ctx, const struct broker_message *m)
         routes_match(f->routes, m->topic, m->topic_len, append_to, f);
     }
     f->frame = NULL;
-    forward_shared(f, m);
+    forward_shared(f, m, NULL, 0);
     if (f->appended)
         schedule_flush(f);
 }
@@ -516,6 +614,172 @@ on_redirect(void *ctx, const char *addr, const char *client_id, const struct bro
         f->redirects_out++;
         schedule_flush(f);
     }
+}
+
+/* ---- rescuing what a node that left did not take ---- */
+
+static void
+rescue_free(struct rescue *r)
+{
+    if (r->timer)
+        event_free(r->timer);
+    free(r->buf);
+    free(r->marks);
+    free(r);
+}
+
+/* When the frame at off was routed (0 if unknown: the receivers then treat
+ * it as older than any restore, and deliver it). */
+static uint64_t
+rescue_time(struct rescue *r, size_t off)
+{
+    while (r->mark_at + 1 < r->mark_count && r->marks[r->mark_at + 1].off <= off)
+        r->mark_at++;
+    return r->mark_count && r->marks[r->mark_at].off <= off ? r->marks[r->mark_at].ms : 0;
+}
+
+/* routes_node_fn: the current rescued frame to every other node. */
+static void
+append_rescued(void *arg, const char *node, const char *addr)
+{
+    struct forwarder *f = arg;
+    append_to(f, node, addr);
+    f->rescued_out++;
+}
+
+/* Re-sends one frame meant for the dead node: to the sessions restored
+ * from it, wherever they are now (every node checks its own), or to
+ * another member of its shared group. A redirect to one of its sessions
+ * cannot be placed any more: counted as lost. */
+static void
+rescue_frame(struct forwarder *f, const char *dead, uint64_t routed_ms,
+             const struct forward_frame *fr)
+{
+    if (fr->target && !fr->group) {
+        f->rescue_lost++;
+        return;
+    }
+    struct broker_message m = {.topic = fr->topic,
+                               .topic_len = fr->topic_len,
+                               .payload = fr->payload,
+                               .payload_len = fr->payload_len,
+                               .qos = fr->qos,
+                               .retain = fr->retain};
+    if (fr->group) {
+        forward_shared(f, &m, fr->target, fr->target_len);
+        return;
+    }
+    if (broker_api_route_rescued(f->broker, dead, routed_ms, fr->topic, fr->topic_len,
+                                 fr->payload, fr->payload_len, fr->qos, fr->retain))
+        f->rescued_in++;
+    size_t n = strlen(dead);
+    char target[FORWARD_RESCUE_TIME + 256];
+    if (n >= sizeof(target) - FORWARD_RESCUE_TIME) {
+        f->rescue_lost++;
+        return;
+    }
+    for (unsigned i = 0; i < FORWARD_RESCUE_TIME; i++)
+        target[i] = (char)(routed_ms >> (56 - 8 * i));
+    memcpy(target + FORWARD_RESCUE_TIME, dead, n);
+    struct forward_frame out = *fr;
+    out.target = target;
+    out.target_len = FORWARD_RESCUE_TIME + n;
+    out.rescued = true;
+    f->frame = &out;
+    routes_foreach_node(f->routes, append_rescued, f);
+    f->frame = NULL;
+}
+
+/* Re-sends the rescue's frames. The sessions restored here take theirs
+ * at once, so a local subscriber backed up past the publishers' pause mark
+ * pauses the rescue (as a received batch pauses), for at most the
+ * receivers' bound in all; other nodes pace their part themselves. */
+static void
+on_rescue(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rescue *r = arg;
+    struct forwarder *f = r->f;
+    uint64_t stall = f->cfg->max_stall_ms < MAX_HOLD_MS ? f->cfg->max_stall_ms : MAX_HOLD_MS;
+    size_t pos = r->pos;
+    struct forward_frame fr;
+    f->appended = false;
+    while (forward_frame_next(r->buf, r->len, &pos, &fr) == RMQ_OK) {
+        bool held = r->paused_since && clock_monotonic_ms() - r->paused_since >= stall;
+        if (!held && !fr.target &&
+            broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {
+            if (!r->paused_since)
+                r->paused_since = clock_monotonic_ms();
+            struct timeval tv = {0, RECV_PAUSE_MS * 1000};
+            evtimer_add(r->timer, &tv);
+            if (f->appended)
+                schedule_flush(f);
+            return;
+        }
+        rescue_frame(f, r->node, rescue_time(r, r->pos), &fr);
+        r->pos = pos;
+        r->done++;
+        r->paused_since = 0;
+    }
+    log_info("forward: %zu message(s) that node %s did not take re-sent to its sessions' new "
+             "nodes",
+             r->done, r->node);
+    if (f->appended)
+        schedule_flush(f);
+    struct rescue **pp = &f->rescues;
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = r->next;
+    rescue_free(r);
+}
+
+/* routes_on_node_left (durable): what was waiting for the node is taken
+ * off its link and rescued after RESCUE_DELAY_MS, once survivors have
+ * adopted its sessions and returning clients restored theirs. */
+static void
+on_node_left(void *ctx, const char *node)
+{
+    struct forwarder *f = ctx;
+    struct link *l = hashmap_get(f->links, node, strlen(node));
+    if (!l || l->head == l->len)
+        return;
+    size_t n = strlen(node) + 1, len = l->len - l->head;
+    struct rescue *r = calloc(1, sizeof(*r) + n);
+    if (r && (r->buf = malloc(len)) && (r->timer = evtimer_new(f->base, on_rescue, r))) {
+        r->f = f;
+        memcpy(r->node, node, n);
+        memcpy(r->buf, l->buf + l->head, len);
+        r->len = len;
+        marks_forget(l, l->head, l->head);
+        if (l->mark_count && (r->marks = malloc(l->mark_count * sizeof(*r->marks)))) {
+            memcpy(r->marks, l->marks, l->mark_count * sizeof(*r->marks));
+            r->mark_count = l->mark_count;
+        }
+        struct timeval tv = {RESCUE_DELAY_MS / 1000, (RESCUE_DELAY_MS % 1000) * 1000};
+        evtimer_add(r->timer, &tv);
+        r->next = f->rescues;
+        f->rescues = r;
+        log_info("forward: node %s left with %zu message(s) not taken; rescuing them in %d ms",
+                 node, l->frames, RESCUE_DELAY_MS);
+    } else {
+        f->dropped_failed += l->frames;
+        if (r)
+            rescue_free(r);
+    }
+    /* A request in flight answers later (ignored); one waiting for its
+     * retry is simply not made. */
+    bool in_flight = l->sending && !evtimer_pending(l->retry, NULL);
+    evtimer_del(l->retry);
+    l->abandoned = in_flight;
+    if (!in_flight)
+        l->sending = l->sending_frames = 0;
+    l->head = l->len = 0;
+    l->frames = 0;
+    l->tries = 0;
+    l->down = false;
+    l->mark_count = 0;
+    maybe_resume(f);
 }
 
 /* ---- receiving ---- */
@@ -549,6 +813,21 @@ deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_
                                 fr->payload_len, fr->qos, fr->retain, backed_up);
         return;
     }
+    if (fr->rescued) { /* target: routed-at time, then the dead node */
+        char dead[256];
+        size_t n = fr->target_len - FORWARD_RESCUE_TIME;
+        uint64_t routed_ms = 0;
+        for (unsigned i = 0; i < FORWARD_RESCUE_TIME; i++)
+            routed_ms = routed_ms << 8 | (uint8_t)fr->target[i];
+        if (n < sizeof(dead)) {
+            memcpy(dead, fr->target + FORWARD_RESCUE_TIME, n);
+            dead[n] = '\0';
+            if (broker_api_route_rescued(f->broker, dead, routed_ms, fr->topic, fr->topic_len,
+                                         fr->payload, fr->payload_len, fr->qos, fr->retain))
+                f->rescued_in++;
+        }
+        return;
+    }
     if (fr->group) {
         if (broker_api_deliver_group(f->broker, fr->target, fr->target_len, fr->topic,
                                      fr->topic_len, fr->payload, fr->payload_len, fr->qos,
@@ -567,12 +846,38 @@ deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_
 }
 
 static void
-recv_answer(struct recv_job *job)
+recv_reply(struct recv_job *job)
 {
     job->f->recv_msgs += job->routed;
     job->f->recv_batches++;
     http_job_reply_json(&job->base, 200,
                         json_pack("{s:I}", "messages", (json_int_t)job->routed));
+}
+
+/* The barrier's answer: every session write the batch caused is in Redis
+ * (they went first on the same connection). */
+static void
+on_barrier(struct redisReply *reply, void *arg)
+{
+    struct recv_job *job = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        job->f->barriers_failed++;
+    recv_reply(job);
+}
+
+/* Durable: the sender forgets a batch once answered, so the answer waits
+ * until Redis has the persistent sessions' copies of what it delivered.
+ * Without Redis there is nothing to wait for (counted). */
+static void
+recv_answer(struct recv_job *job)
+{
+    static const char *ping[] = {"PING"};
+    if (job->f->cfg->durable &&
+        redis_link_argv(job->f->link, on_barrier, job, 1, ping, NULL) == RMQ_OK)
+        return;
+    if (job->f->cfg->durable)
+        job->f->barriers_failed++;
+    recv_reply(job);
 }
 
 static void recv_run(struct http_job *base);
@@ -602,7 +907,9 @@ recv_run(struct http_job *base)
         /* Routing reports a subscriber past the mark; only then (and after a
          * pause) is the next frame's target looked at first. */
         bool held = job->paused_since && clock_monotonic_ms() - job->paused_since >= stall;
-        if (check && !held && !fr.target &&
+        /* (Rescued frames, rare, are always looked at: routing them does
+         * not report.) */
+        if ((check || fr.rescued) && !held && (!fr.target || fr.rescued) &&
             broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {
             if (!job->paused_since)
                 job->paused_since = clock_monotonic_ms();
@@ -728,6 +1035,11 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
     }
     broker_set_forwarder(broker, on_forward, f);
     broker_api_set_redirect(broker, on_redirect);
+    if (cfg->durable && routes_on_node_left(routes, on_node_left, f) != RMQ_OK) {
+        log_error("forwarder: cannot follow nodes leaving");
+        forwarder_free(f);
+        return NULL;
+    }
     return f;
 }
 
@@ -746,6 +1058,12 @@ forwarder_free(struct forwarder *f)
         struct link *l = v;
         if (l->frames)
             log_info("forward to node %s: %zu message(s) not sent at shutdown", l->node, l->frames);
+    }
+    while (f->rescues) {
+        struct rescue *r = f->rescues;
+        f->rescues = r->next;
+        log_info("forward: rescue of node %s's messages abandoned at shutdown", r->node);
+        rescue_free(r);
     }
     hashmap_free(f->links);
     hashmap_free(f->share_turns);
@@ -805,6 +1123,17 @@ forwarder_write_metrics(FILE *out, void *arg)
     fprintf(out, "relaymq_forward_shared_total{direction=\"out\"} %" PRIu64 "\n", f->shared_out);
     fprintf(out, "relaymq_forward_shared_total{direction=\"in\"} %" PRIu64 "\n", f->shared_in);
     fprintf(out, "relaymq_forward_shared_total{direction=\"lost\"} %" PRIu64 "\n", f->shared_lost);
+    metrics_family(out, "relaymq_forward_rescued_total", "counter",
+                   "durable sessions: messages a node that left had not taken, re-sent to the "
+                   "nodes now holding its sessions (out), delivered here (in), or lost (a "
+                   "redirect that can no longer be placed)");
+    fprintf(out, "relaymq_forward_rescued_total{direction=\"out\"} %" PRIu64 "\n", f->rescued_out);
+    fprintf(out, "relaymq_forward_rescued_total{direction=\"in\"} %" PRIu64 "\n", f->rescued_in);
+    fprintf(out, "relaymq_forward_rescued_total{direction=\"lost\"} %" PRIu64 "\n", f->rescue_lost);
+    metrics_family(out, "relaymq_forward_barrier_failures_total", "counter",
+                   "durable sessions: received batches answered without Redis confirming the "
+                   "sessions' copies (Redis unreachable)");
+    fprintf(out, "relaymq_forward_barrier_failures_total %" PRIu64 "\n", f->barriers_failed);
     metrics_family(out, "relaymq_forward_buffered_bytes", "gauge",
                    "bytes waiting to be forwarded to other nodes");
     fprintf(out, "relaymq_forward_buffered_bytes %zu\n", buffered);

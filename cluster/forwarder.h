@@ -20,6 +20,7 @@
 #ifndef RMQ_CLUSTER_FORWARDER_H
 #define RMQ_CLUSTER_FORWARDER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +39,8 @@ struct forwarder_config {
     uint64_t max_buffer; /* bytes waiting per peer before new messages are dropped */
     uint64_t max_batch;  /* bytes per request (a larger single message goes alone) */
     uint64_t max_stall_ms; /* longest pause of a received batch for backed-up subscribers */
+    bool durable; /* --durable-sessions: hold for a silent peer, rescue for a dead one,
+                     answer a batch once Redis has the sessions' copies */
 };
 
 /* Installs itself as the broker's forwarder. Borrows everything. NULL on

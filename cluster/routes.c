@@ -96,8 +96,11 @@ struct routes {
     struct topic_tree *shared_tree; /* groups' filters; subscribers: struct remote_share */
     struct hashmap *nodes; /* id -> struct remote */
     uint64_t match_gen;
-    void (*node_left)(void *ctx, const char *node);
-    void *node_left_ctx;
+    struct {
+        void (*fn)(void *ctx, const char *node);
+        void *ctx;
+    } node_left[ROUTES_MAX_LEFT_LISTENERS];
+    size_t node_left_count;
     int script_change, script_reset, script_load, script_leave;
     char channel[512];
     /* counters */
@@ -334,8 +337,8 @@ on_message(const char *data, size_t len, void *arg)
         return;
     case '!':
         drop_node(r, node);
-        if (r->node_left)
-            r->node_left(r->node_left_ctx, node);
+        for (size_t i = 0; i < r->node_left_count; i++)
+            r->node_left[i].fn(r->node_left[i].ctx, node);
         return;
     default:
         return;
@@ -572,9 +575,12 @@ routes_write_metrics(FILE *out, void *arg)
             r->write_errors);
 }
 
-void
+enum rmq_status
 routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node), void *ctx)
 {
-    r->node_left = fn;
-    r->node_left_ctx = ctx;
+    if (r->node_left_count == ROUTES_MAX_LEFT_LISTENERS)
+        return RMQ_INVALID;
+    r->node_left[r->node_left_count].fn = fn;
+    r->node_left[r->node_left_count++].ctx = ctx;
+    return RMQ_OK;
 }

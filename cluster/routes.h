@@ -59,9 +59,13 @@ void routes_match_shared(struct routes *r, const char *topic, size_t len, routes
  * address), whether or not it has subscriptions. */
 void routes_foreach_node(struct routes *r, routes_node_fn fn, void *arg);
 
+#define ROUTES_MAX_LEFT_LISTENERS 4
+
 /* Calls fn(ctx, node) when another node leaves the route table ("!": a
- * clean shutdown, or reaped as dead). One listener; start-up only. */
-void routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node), void *ctx);
+ * clean shutdown, or reaped as dead), after its routes are dropped. Up to
+ * ROUTES_MAX_LEFT_LISTENERS, called in the order added; start-up only. */
+enum rmq_status routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node),
+                                    void *ctx);
 
 /* A /metrics source: replicated filters and nodes, resyncs, changes. */
 void routes_write_metrics(FILE *out, void *arg);

@@ -38,19 +38,31 @@
 #define KEY_MAX 768
 #define STATE_TYPE "application/x-relaymq-session"
 #define GHOST_MS 1000 /* a handed-over session's messages are redirected this long */
+#define ORIGIN_MS_TEXT "60000" /* a restored session takes rescued messages this long */
 
-/* ARGV: prefix, client. {node, addr or ''} of the holder, or {}. */
+/* ARGV: prefix, client, now. {node, addr or '', origin or '', origin_ms}
+ * of the holder, or {}; origin: the dead node the session was restored
+ * from at origin_ms, if that was less than a minute ago (its rescued
+ * messages may still come). */
 static const char owner_lua[] =
-    "local n = redis.call('HGET', ARGV[1] .. 'sess:' .. ARGV[2], 'node')\n"
-    "if not n then return {} end\n"
-    "return {n, redis.call('HGET', ARGV[1] .. 'node:' .. n, 'addr') or ''}\n";
+    "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
+    "local h = redis.call('HMGET', k, 'node', 'origin', 'origin_ms')\n"
+    "if not h[1] then return {} end\n"
+    "local origin = ''\n"
+    "if h[2] and tonumber(h[3] or '0') + " ORIGIN_MS_TEXT " > tonumber(ARGV[3]) then\n"
+    "  origin = h[2]\n"
+    "end\n"
+    "return {h[1], redis.call('HGET', ARGV[1] .. 'node:' .. h[1], 'addr') or '', origin,\n"
+    "        h[3] or '0'}\n";
 
 /* ARGV: prefix, client. {subs as filter, qos, ...}, {queued frames}. */
 static const char load_lua[] =
     "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
     "return {redis.call('HGETALL', k .. ':subs'), redis.call('LRANGE', k .. ':queue', 0, -1)}\n";
 
-/* ARGV: prefix, client, node, now: the session is online on node.
+/* ARGV: prefix, client, node, now, keep: the session is online on node;
+ * its queue is dropped (the messages are in the node's memory now) unless
+ * keep is '1' (durable sessions: the queue is every message still owed).
  * Returns {previous holder, its address} if another node held it. */
 static const char online_lua[] =
     "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
@@ -61,7 +73,7 @@ static const char online_lua[] =
     "  out = {old, redis.call('HGET', ARGV[1] .. 'node:' .. old, 'addr') or ''}\n"
     "end\n"
     "redis.call('HSET', k, 'node', ARGV[3], 'online', '1', 'updated_ms', ARGV[4])\n"
-    "redis.call('DEL', k .. ':queue')\n"
+    "if ARGV[5] ~= '1' then redis.call('DEL', k .. ':queue') end\n"
     "redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', ARGV[2])\n"
     "return out\n";
 
@@ -98,6 +110,9 @@ struct prep {
     void *token;
     bool finished; /* done() was called (by the flow or by sessions_stop) */
     bool clean;
+    char *holder; /* the node that held it while it may be dead, or NULL */
+    char *origin; /* the dead node it was restored from lately (Redis says), or NULL */
+    uint64_t origin_ms; /* when (wall clock) */
     char client_id[];
 };
 
@@ -305,14 +320,34 @@ prep_free(struct prep *p)
         p->sm->preps = p->next;
     if (p->next)
         p->next->prev = p->prev;
+    free(p->holder);
+    free(p->origin);
     free(p);
 }
 
+static void send_argv(struct sessions *sm, int argc, const char **argv, const size_t *lens);
+
+/* origin: the dead node the session comes from (NULL: none), since when
+ * (0: now): messages rescued from that node's undelivered batches are for
+ * it. A new origin (since 0) is noted in Redis for the node that takes the
+ * session next. */
 static void
-import(struct sessions *sm, const char *client_id, const struct state *s)
+import(struct sessions *sm, const char *client_id, const struct state *s, const char *origin,
+       uint64_t since_ms)
 {
-    broker_api_session_import(sm->broker, client_id, s->filters, s->filter_lens, s->qos,
-                              s->sub_count, s->msgs, s->msg_count);
+    if (broker_api_session_import(sm->broker, client_id, s->filters, s->filter_lens, s->qos,
+                                  s->sub_count, s->msgs, s->msg_count) != RMQ_OK ||
+        !origin)
+        return;
+    uint64_t since = since_ms ? since_ms : clock_wall_ms();
+    broker_api_session_set_origin(sm->broker, client_id, origin, since);
+    if (since_ms)
+        return;
+    char skey[KEY_MAX], when[24];
+    snprintf(skey, sizeof(skey), "%ssess:%s", sm->cfg->prefix, client_id);
+    snprintf(when, sizeof(when), "%" PRIu64, since);
+    const char *hset[] = {"HSET", skey, "origin", origin, "origin_ms", when};
+    send_argv(sm, 6, hset, NULL);
 }
 
 /* The reply of load_lua as a state (pointing into the reply). */
@@ -362,7 +397,10 @@ on_loaded(struct redisReply *r, void *arg)
         log_warn("client %s: its session could not be read from Redis; starting empty",
                  p->client_id);
     } else if (s.sub_count || s.msg_count) {
-        import(sm, p->client_id, &s);
+        if (p->holder)
+            import(sm, p->client_id, &s, p->holder, 0);
+        else
+            import(sm, p->client_id, &s, p->origin, p->origin_ms);
         sm->restored++;
     }
     state_clear(&s);
@@ -390,7 +428,7 @@ on_handover(const struct peer_result *res, void *arg)
     struct state s;
     if (res->error == PEER_OK && res->status == 200 &&
         decode_state(res->raw, res->raw_len, &s) == RMQ_OK) {
-        import(sm, p->client_id, &s);
+        import(sm, p->client_id, &s, p->origin, p->origin_ms);
         state_clear(&s);
         sm->handed_in++;
         prep_free(p);
@@ -402,6 +440,10 @@ on_handover(const struct peer_result *res, void *arg)
      * in Redis is the best there is. */
     log_info("client %s: hand-over failed (%s, HTTP %d); restoring the session from Redis",
              p->client_id, peer_error_name(res->error), res->status);
+    if (res->error == PEER_OK) { /* it answered: alive, the session is not a dead node's */
+        free(p->holder);
+        p->holder = NULL;
+    }
     load_from_redis(p);
 }
 
@@ -432,11 +474,16 @@ on_owner(struct redisReply *r, void *arg)
 {
     struct prep *p = arg;
     struct sessions *sm = p->sm;
-    if (p->finished || !r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+    if (p->finished || !r || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
         prep_free(p); /* no copy anywhere (or Redis away): a new session */
         return;
     }
     const char *node = r->element[0]->str, *addr = r->element[1]->str;
+    if (r->element[2]->type == REDIS_REPLY_STRING && r->element[2]->len > 0 &&
+        r->element[3]->type == REDIS_REPLY_STRING) {
+        p->origin = strdup(r->element[2]->str); /* NULL without memory: no rescue */
+        p->origin_ms = strtoull(r->element[3]->str, NULL, 10);
+    }
     bool here = node && strcmp(node, sm->cfg->node_id) == 0;
     char path[KEY_MAX];
     char *escaped = peer_client_escape(p->client_id);
@@ -453,6 +500,8 @@ on_owner(struct redisReply *r, void *arg)
         prep_free(p);
         return;
     }
+    if (!here && node)
+        p->holder = strdup(node); /* NULL without memory: no rescued messages */
     if (!here && addr && *addr && sm->peers && escaped) {
         snprintf(path, sizeof(path), "/internal/v1/sessions/%s/handover", escaped);
         free(escaped);
@@ -491,8 +540,10 @@ prepare(void *ctx, const char *client_id, bool clean, void (*done)(void *token),
     if (sm->preps)
         sm->preps->prev = p;
     sm->preps = p;
-    const char *argv[] = {sm->cfg->prefix, client_id};
-    if (redis_link_eval(sm->link, sm->script_owner, on_owner, p, 0, 2, argv, NULL) != RMQ_OK)
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
+    const char *argv[] = {sm->cfg->prefix, client_id, now};
+    if (redis_link_eval(sm->link, sm->script_owner, on_owner, p, 0, 3, argv, NULL) != RMQ_OK)
         prep_free(p); /* Redis away: whatever is here (nothing) */
 }
 
@@ -597,9 +648,12 @@ write_offline(struct sessions *sm, const char *client_id)
     free(w.offsets);
 }
 
+/* One message of the queue in Redis: RPUSH appends it, LREM (durable
+ * sessions, once acknowledged) takes the first entry equal to it: any
+ * equal one will do, they are the same message to the client. */
 static void
 write_queued(struct sessions *sm, const char *client_id, const struct broker_message *m,
-             uint8_t qos)
+             uint8_t qos, bool settled)
 {
     char qkey[KEY_MAX];
     key(sm, client_id, ":queue", qkey);
@@ -616,11 +670,17 @@ write_queued(struct sessions *sm, const char *client_id, const struct broker_mes
         return;
     }
     forward_frame_write(frame, &f);
-    const char *argv[] = {"RPUSH", qkey, (const char *)frame};
-    size_t lens[] = {5, strlen(qkey), size};
-    send_argv(sm, 3, argv, lens);
+    if (settled) {
+        const char *argv[] = {"LREM", qkey, "1", (const char *)frame};
+        size_t lens[] = {4, strlen(qkey), 1, size};
+        send_argv(sm, 4, argv, lens);
+    } else {
+        const char *argv[] = {"RPUSH", qkey, (const char *)frame};
+        size_t lens[] = {5, strlen(qkey), size};
+        send_argv(sm, 3, argv, lens);
+        trim_queue(sm, qkey);
+    }
     free(frame);
-    trim_queue(sm, qkey);
 }
 
 struct online_ctx {
@@ -655,7 +715,13 @@ on_online(struct redisReply *r, void *arg)
 
 struct adopt_ctx {
     struct sessions *sm;
+    const char *node; /* the node that left: after client_id, same block */
     char client_id[];
+};
+
+struct adoption {
+    struct sessions *sm;
+    char node[];
 };
 
 static void
@@ -667,35 +733,42 @@ on_adopt_loaded(struct redisReply *r, void *arg)
     if (!state_from_redis(r, &s))
         sm->redis_errors++;
     else if (!broker_api_has_persistent_session(sm->broker, x->client_id)) {
-        import(sm, x->client_id, &s); /* as a restore, without a waiting CONNECT */
+        import(sm, x->client_id, &s, x->node, 0); /* a restore without a CONNECT */
         sm->adopted++;
     }
     state_clear(&s);
     free(x);
 }
 
+/* Loads each adopted session; it remembers the node it came from. */
 static void
 on_adopted(struct redisReply *r, void *arg)
 {
-    struct sessions *sm = arg;
-    if (!r || r->type != REDIS_REPLY_ARRAY)
+    struct adoption *a = arg;
+    struct sessions *sm = a->sm;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        free(a);
         return;
+    }
     if (r->elements)
         log_info("sessions: adopting %zu offline session(s) of a node that left", r->elements);
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *c = r->element[i];
         if (c->type != REDIS_REPLY_STRING)
             continue;
-        struct adopt_ctx *x = malloc(sizeof(*x) + c->len + 1);
+        size_t node_len = strlen(a->node) + 1;
+        struct adopt_ctx *x = malloc(sizeof(*x) + c->len + 1 + node_len);
         if (!x)
             continue;
         x->sm = sm;
         memcpy(x->client_id, c->str, c->len + 1);
+        x->node = memcpy(x->client_id + c->len + 1, a->node, node_len);
         const char *argv[] = {sm->cfg->prefix, x->client_id};
         if (redis_link_eval(sm->link, sm->script_load, on_adopt_loaded, x, 0, 2, argv, NULL) !=
             RMQ_OK)
             free(x);
     }
+    free(a);
 }
 
 /* routes_on_node_left: keep its clients' offline sessions (and so their
@@ -707,7 +780,16 @@ on_node_left(void *ctx, const char *node)
     char now[24];
     snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
     const char *argv[] = {sm->cfg->prefix, node, sm->cfg->node_id, now};
-    redis_link_eval(sm->link, sm->script_adopt, on_adopted, sm, 0, 4, argv, NULL);
+    size_t n = strlen(node) + 1;
+    struct adoption *a = malloc(sizeof(*a) + n);
+    if (!a) {
+        sm->redis_errors++;
+        return;
+    }
+    a->sm = sm;
+    memcpy(a->node, node, n);
+    if (redis_link_eval(sm->link, sm->script_adopt, on_adopted, a, 0, 4, argv, NULL) != RMQ_OK)
+        free(a);
 }
 
 static void
@@ -739,13 +821,14 @@ on_session(void *ctx, const struct broker_session_event *ev)
     }
     case SESSION_ONLINE: {
         snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
-        const char *argv[] = {sm->cfg->prefix, ev->client_id, sm->cfg->node_id, now};
+        const char *argv[] = {sm->cfg->prefix, ev->client_id, sm->cfg->node_id, now,
+                              sm->cfg->durable ? "1" : "0"};
         struct online_ctx *x = malloc(sizeof(*x) + strlen(ev->client_id) + 1);
         if (x) {
             x->sm = sm;
             strcpy(x->client_id, ev->client_id);
         }
-        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 4, argv, NULL) !=
+        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 5, argv, NULL) !=
                       RMQ_OK) {
             free(x);
             sm->redis_errors++;
@@ -756,7 +839,10 @@ on_session(void *ctx, const struct broker_session_event *ev)
         write_offline(sm, ev->client_id);
         return;
     case SESSION_QUEUED:
-        write_queued(sm, ev->client_id, ev->message, ev->qos);
+        write_queued(sm, ev->client_id, ev->message, ev->qos, false);
+        return;
+    case SESSION_SETTLED:
+        write_queued(sm, ev->client_id, ev->message, ev->qos, true);
         return;
     case SESSION_ENDED:
         forget_everywhere(sm, ev->client_id);
@@ -883,13 +969,14 @@ sessions_new(struct event_base *base, struct broker *broker, struct cluster *clu
     sm->script_end = redis_link_script(link, end_lua);
     sm->script_adopt = redis_link_script(link, adopt_lua);
     sm->observer = (struct broker_observer){.ctx = sm, .session = on_session};
-    if (sm->script_adopt < 0 || broker_add_observer(broker, &sm->observer) != RMQ_OK) {
+    /* (A failure here ends the process: what was installed is not undone.) */
+    if (sm->script_adopt < 0 || routes_on_node_left(routes, on_node_left, sm) != RMQ_OK ||
+        broker_add_observer(broker, &sm->observer) != RMQ_OK) {
         log_error("sessions: cannot start");
         free(sm);
         return NULL;
     }
     cluster_set_session_prepare(cluster, prepare, sm);
-    routes_on_node_left(routes, on_node_left, sm);
     return sm;
 }
 

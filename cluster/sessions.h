@@ -23,6 +23,7 @@
 #ifndef RMQ_CLUSTER_SESSIONS_H
 #define RMQ_CLUSTER_SESSIONS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,7 +40,8 @@ struct sessions;
 struct sessions_config {
     const char *prefix;
     const char *node_id;
-    uint32_t max_queued; /* queue bound in Redis, as the broker's */
+    uint32_t max_queued; /* queue bound in Redis: the broker's (durable: plus its window) */
+    bool durable;        /* the queue in Redis holds every QoS 1/2 message owed, sent or not */
     const char *advertise; /* this node's internal API address */
 };
 

@@ -469,6 +469,45 @@ test_group_round_trip(void **state)
     free(buf);
 }
 
+/* A rescued frame: bit 5 travels, the target is the routed-at time then
+ * the dead node's id (a target of the time alone, or shorter, is refused),
+ * and it is not a group's. */
+static void
+test_rescued_round_trip(void **state)
+{
+    (void)state;
+    static const char target[] = "\0\0\1\x90\0\0\0\x2an2";
+    struct forward_frame in = {.topic = "a/b",
+                               .topic_len = 3,
+                               .payload = (const uint8_t *)"hi",
+                               .payload_len = 2,
+                               .qos = 2,
+                               .target = target,
+                               .target_len = 10,
+                               .rescued = true};
+    size_t size = forward_frame_size_of(&in);
+    uint8_t buf[64];
+    assert_true(size <= sizeof(buf));
+    forward_frame_write(buf, &in);
+    assert_int_equal(buf[0], 0x2a);
+    assert_int_equal(forward_frame_len(buf), size);
+    struct forward_frame out;
+    size_t pos = 0;
+    assert_int_equal(forward_frame_next(buf, size, &pos, &out), RMQ_OK);
+    assert_true(out.rescued);
+    assert_false(out.group);
+    assert_int_equal(out.target_len, 10);
+    assert_memory_equal(out.target, target, 10);
+    assert_int_equal(pos, size);
+    for (size_t short_len = 1; short_len <= FORWARD_RESCUE_TIME; short_len++) {
+        in.target_len = short_len;
+        size = forward_frame_size_of(&in);
+        forward_frame_write(buf, &in);
+        pos = 0;
+        assert_int_equal(forward_frame_next(buf, size, &pos, &out), RMQ_PROTOCOL);
+    }
+}
+
 /* ---- malformed frames ---- */
 
 /* Every flags byte on an untargeted frame: only bits 0-2 may be set, and
@@ -491,8 +530,9 @@ test_untargeted_flags(void **state)
 }
 
 /* Every flags byte with bit 3 on a targeted frame, both copies equal (bit 4
- * marks a shared group's key as the target); and every pair of copies that
- * differ. */
+ * marks a shared group's key as the target; bit 5, a rescued message, needs
+ * a longer target than this 2-byte one, see test_rescued_round_trip; never
+ * both); and every pair of copies that differ. */
 static void
 test_targeted_flags(void **state)
 {
@@ -689,6 +729,7 @@ main(void)
         cmocka_unit_test(test_untargeted_round_trip),
         cmocka_unit_test(test_targeted_round_trip),
         cmocka_unit_test(test_group_round_trip),
+        cmocka_unit_test(test_rescued_round_trip),
         cmocka_unit_test(test_wire_layout),
         cmocka_unit_test(test_empty_payload),
         cmocka_unit_test(test_topic_length_boundary),
