@@ -31,7 +31,7 @@ int passwd_main(int argc, char **argv); /* passwd_cmd.c: `relaymq passwd ...` */
 
 #define ENV_PREFIX "RELAYMQ_"
 #define FORWARD_BODY_SLACK 65536u      /* frame headers around the largest message */
-#define FORWARD_MAX_BATCH (64u * 1024)  /* bytes per node-to-node request */
+#define FORWARD_MAX_BATCH (256u * 1024) /* bytes per node-to-node request */
 #define FORWARD_MAX_BUFFER (64u << 20)  /* bytes waiting per peer before drops */
 #define INTERNAL_ROUTES_MAX 8
 
@@ -146,10 +146,13 @@ http_start(const struct settings *s, struct broker *broker, struct command_api *
            struct http_apis *h)
 {
     if (s->internal && *s->internal) {
-        /* Forwarded batches carry whole messages: room for the largest. */
+        /* Forwarded batches carry whole messages: room for a full batch
+         * and for the largest message. */
         uint64_t max_body = s->http_max_body;
         if (max_body < s->max_packet_size + FORWARD_BODY_SLACK)
             max_body = s->max_packet_size + FORWARD_BODY_SLACK;
+        if (max_body < FORWARD_MAX_BATCH + FORWARD_BODY_SLACK)
+            max_body = FORWARD_MAX_BATCH + FORWARD_BODY_SLACK;
         struct internal_api_config ic = {
             .address = s->internal, .max_body = max_body,
             .timeout_ms = s->http_timeout_ms, .secret = s->cluster_secret,
