@@ -9,9 +9,9 @@
  * the last failure) moves `head`. Links live until the forwarder is freed
  * (an idle link holds no buffer).
  *
- * Receiving: the internal route checks the whole batch on the HTTP thread,
- * then the broker loop routes each frame locally (never forwarding it
- * again) and answers. Loop thread only, except the route's handler. */
+ * Receiving is in forward_receive.c; rescuing what a node that left did
+ * not take (durable sessions) in forward_rescue.c; the state they share in
+ * forwarder_internal.h. Loop thread only. */
 #include "cluster/forwarder.h"
 
 #include <event2/event.h>
@@ -24,96 +24,27 @@
 #include "broker/broker_api.h"
 #include "cluster/cluster.h"
 #include "cluster/forward_codec.h"
+#include "cluster/forwarder_internal.h"
 #include "cluster/redis_link.h"
 #include "cluster/routes.h"
 #include "common/clock.h"
 #include "common/hashmap.h"
-#include "common/inbox.h"
 #include "common/log.h"
 #include "http/http_server.h"
 #include "http/metrics.h"
 #include "http/peer_client.h"
 
 #define MAX_TRIES 5
-#define RECV_PAUSE_MS 2 /* a backed-up batch looks again after this */
-#define MAX_HOLD_MS 4000 /* below the peer client's 5 s request timeout */
 #define HIGH_WATER_DIV 64 /* pause publishers above max_buffer / 64 pending for a peer */
 #define LOW_WATER_DIV 256 /* resume when every peer is below max_buffer / 256 */
 #define RETRY_MS 100
 #define MARK_MS 10 /* resolution of a rescued message's routed-at time */
 #define DOWN_RETRY_MS 500 /* durable: a peer that is down is tried this often */
-#define RESCUE_DELAY_MS 1500 /* a dead node's sessions are restored well within this */
 #define RETAINED_SCAN 500
 #define FORWARD_PATH "/internal/v1/forward"
 #define BATCH_TYPE "application/x-relaymq-batch"
 #define SYS_LOCAL "$SYS/broker/" /* not "$SYS/brokers/": cluster events do travel */
 #define SYS_LOCAL_LEN (sizeof(SYS_LOCAL) - 1)
-
-struct forwarder;
-
-struct link {
-    struct forwarder *f;
-    uint8_t *buf;
-    size_t head, len, cap;
-    size_t sending;        /* bytes of the request in flight (0 = idle) */
-    size_t sending_frames;
-    size_t frames;         /* frames in [head, len) */
-    int tries;
-    bool down;      /* durable: MAX_TRIES failed in a row; kept, retried, no back-pressure */
-    bool abandoned; /* the request in flight was for a node that left: ignore its answer */
-    bool by_addr;   /* a redirect link, named by its address: never held */
-    /* durable: when frames were routed, one mark per MARK_MS at most (the
-     * first frame at or after off was routed at ms); for a rescue. */
-    struct mark {
-        size_t off;
-        uint64_t ms;
-    } *marks;
-    size_t mark_count, mark_cap;
-    struct event *retry;
-    char *addr;
-    char node[];
-};
-
-/* What was waiting for a node that left, re-sent as rescued frames once
- * its sessions have been restored elsewhere. */
-struct rescue {
-    struct forwarder *f;
-    struct rescue *next;
-    struct event *timer;
-    uint8_t *buf;
-    size_t len, pos, done;
-    struct mark *marks; /* offsets into buf */
-    size_t mark_count, mark_at;
-    uint64_t paused_since; /* monotonic ms, 0 = not waiting */
-    char node[];
-};
-
-struct forwarder {
-    struct event_base *base;
-    struct broker *broker;
-    struct redis_link *link;
-    struct routes *routes;
-    struct peer_client *peers;
-    const struct forwarder_config *cfg;
-    struct hashmap *links; /* node id -> struct link */
-    struct event *flush_ev;
-    bool flush_pending;
-    bool paused; /* publishers are paused for a full backlog */
-    bool draining; /* forwarder_drain is running the loop */
-    struct http_route route;
-    char key_retained[512];
-    /* counters */
-    uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
-    uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
-    uint64_t redirects_out, redirects_in, shared_out, shared_in, shared_lost;
-    uint64_t rescued_out, rescued_in, rescue_lost, barriers_failed;
-    struct rescue *rescues; /* waiting for RESCUE_DELAY_MS */
-    struct hashmap *share_turns; /* group key -> next turn (uintptr_t) */
-    _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
-    /* per-message scratch for the routes callback */
-    const struct forward_frame *frame;
-    bool appended;
-};
 
 /* ---- links ---- */
 
@@ -164,7 +95,7 @@ link_get(struct forwarder *f, const char *node, const char *addr)
 
 /* The buffer's bytes before head are gone: marks move with the rest; the
  * last mark at or before head stays (it dates the frame at head). */
-static void
+void
 marks_forget(struct link *l, size_t head, size_t shift)
 {
     size_t drop = 0;
@@ -218,7 +149,7 @@ reserve(struct link *l, size_t more)
     return true;
 }
 
-static void
+void
 schedule_flush(struct forwarder *f)
 {
     if (!f->flush_pending) {
@@ -228,7 +159,7 @@ schedule_flush(struct forwarder *f)
 }
 
 /* routes_node_fn: appends the current frame to node's link. */
-static void
+void
 append_to(void *arg, const char *node, const char *addr)
 {
     struct forwarder *f = arg;
@@ -253,7 +184,7 @@ append_to(void *arg, const char *node, const char *addr)
 }
 
 /* Resumes paused publishers once every peer's backlog is low again. */
-static void
+void
 maybe_resume(struct forwarder *f)
 {
     if (!f->paused)
@@ -508,7 +439,7 @@ on_remote_group(void *arg, const char *key, size_t key_len, const char *node, co
 /* For every group the message matches, here or on other nodes, one member
  * node in turn: this node delivers to one local member, another node gets a
  * frame aimed at the group and does the same. */
-static void
+void
 forward_shared(struct forwarder *f, const struct broker_message *m, const char *only_key,
                size_t only_len)
 {
@@ -616,354 +547,6 @@ on_redirect(void *ctx, const char *addr, const char *client_id, const struct bro
     }
 }
 
-/* ---- rescuing what a node that left did not take ---- */
-
-static void
-rescue_free(struct rescue *r)
-{
-    if (r->timer)
-        event_free(r->timer);
-    free(r->buf);
-    free(r->marks);
-    free(r);
-}
-
-/* When the frame at off was routed (0 if unknown: the receivers then treat
- * it as older than any restore, and deliver it). */
-static uint64_t
-rescue_time(struct rescue *r, size_t off)
-{
-    while (r->mark_at + 1 < r->mark_count && r->marks[r->mark_at + 1].off <= off)
-        r->mark_at++;
-    return r->mark_count && r->marks[r->mark_at].off <= off ? r->marks[r->mark_at].ms : 0;
-}
-
-/* routes_node_fn: the current rescued frame to every other node. */
-static void
-append_rescued(void *arg, const char *node, const char *addr)
-{
-    struct forwarder *f = arg;
-    append_to(f, node, addr);
-    f->rescued_out++;
-}
-
-/* Re-sends one frame meant for the dead node: to the sessions restored
- * from it, wherever they are now (every node checks its own), or to
- * another member of its shared group. A redirect to one of its sessions
- * cannot be placed any more: counted as lost. */
-static void
-rescue_frame(struct forwarder *f, const char *dead, uint64_t routed_ms,
-             const struct forward_frame *fr)
-{
-    if (fr->target && !fr->group) {
-        f->rescue_lost++;
-        return;
-    }
-    struct broker_message m = {.topic = fr->topic,
-                               .topic_len = fr->topic_len,
-                               .payload = fr->payload,
-                               .payload_len = fr->payload_len,
-                               .qos = fr->qos,
-                               .retain = fr->retain};
-    if (fr->group) {
-        forward_shared(f, &m, fr->target, fr->target_len);
-        return;
-    }
-    if (broker_api_route_rescued(f->broker, dead, routed_ms, fr->topic, fr->topic_len,
-                                 fr->payload, fr->payload_len, fr->qos, fr->retain))
-        f->rescued_in++;
-    size_t n = strlen(dead);
-    char target[FORWARD_RESCUE_TIME + 256];
-    if (n >= sizeof(target) - FORWARD_RESCUE_TIME) {
-        f->rescue_lost++;
-        return;
-    }
-    for (unsigned i = 0; i < FORWARD_RESCUE_TIME; i++)
-        target[i] = (char)(routed_ms >> (56 - 8 * i));
-    memcpy(target + FORWARD_RESCUE_TIME, dead, n);
-    struct forward_frame out = *fr;
-    out.target = target;
-    out.target_len = FORWARD_RESCUE_TIME + n;
-    out.rescued = true;
-    f->frame = &out;
-    routes_foreach_node(f->routes, append_rescued, f);
-    f->frame = NULL;
-}
-
-/* Re-sends the rescue's frames. The sessions restored here take theirs
- * at once, so a local subscriber backed up past the publishers' pause mark
- * pauses the rescue (as a received batch pauses), for at most the
- * receivers' bound in all; other nodes pace their part themselves. */
-static void
-on_rescue(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct rescue *r = arg;
-    struct forwarder *f = r->f;
-    uint64_t stall = f->cfg->max_stall_ms < MAX_HOLD_MS ? f->cfg->max_stall_ms : MAX_HOLD_MS;
-    size_t pos = r->pos;
-    struct forward_frame fr;
-    f->appended = false;
-    while (forward_frame_next(r->buf, r->len, &pos, &fr) == RMQ_OK) {
-        bool held = r->paused_since && clock_monotonic_ms() - r->paused_since >= stall;
-        if (!held && !fr.target &&
-            broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {
-            if (!r->paused_since)
-                r->paused_since = clock_monotonic_ms();
-            struct timeval tv = {0, RECV_PAUSE_MS * 1000};
-            evtimer_add(r->timer, &tv);
-            if (f->appended)
-                schedule_flush(f);
-            return;
-        }
-        rescue_frame(f, r->node, rescue_time(r, r->pos), &fr);
-        r->pos = pos;
-        r->done++;
-        r->paused_since = 0;
-    }
-    log_info("forward: %zu message(s) that node %s did not take re-sent to its sessions' new "
-             "nodes",
-             r->done, r->node);
-    if (f->appended)
-        schedule_flush(f);
-    struct rescue **pp = &f->rescues;
-    while (*pp != r)
-        pp = &(*pp)->next;
-    *pp = r->next;
-    rescue_free(r);
-}
-
-/* routes_on_node_left (durable): what was waiting for the node is taken
- * off its link and rescued after RESCUE_DELAY_MS, once survivors have
- * adopted its sessions and returning clients restored theirs. */
-static void
-on_node_left(void *ctx, const char *node)
-{
-    struct forwarder *f = ctx;
-    struct link *l = hashmap_get(f->links, node, strlen(node));
-    if (!l || l->head == l->len)
-        return;
-    size_t n = strlen(node) + 1, len = l->len - l->head;
-    struct rescue *r = calloc(1, sizeof(*r) + n);
-    if (r && (r->buf = malloc(len)) && (r->timer = evtimer_new(f->base, on_rescue, r))) {
-        r->f = f;
-        memcpy(r->node, node, n);
-        memcpy(r->buf, l->buf + l->head, len);
-        r->len = len;
-        marks_forget(l, l->head, l->head);
-        if (l->mark_count && (r->marks = malloc(l->mark_count * sizeof(*r->marks)))) {
-            memcpy(r->marks, l->marks, l->mark_count * sizeof(*r->marks));
-            r->mark_count = l->mark_count;
-        }
-        struct timeval tv = {RESCUE_DELAY_MS / 1000, (RESCUE_DELAY_MS % 1000) * 1000};
-        evtimer_add(r->timer, &tv);
-        r->next = f->rescues;
-        f->rescues = r;
-        log_info("forward: node %s left with %zu message(s) not taken; rescuing them in %d ms",
-                 node, l->frames, RESCUE_DELAY_MS);
-    } else {
-        f->dropped_failed += l->frames;
-        if (r)
-            rescue_free(r);
-    }
-    /* A request in flight answers later (ignored); one waiting for its
-     * retry is simply not made. */
-    bool in_flight = l->sending && !evtimer_pending(l->retry, NULL);
-    evtimer_del(l->retry);
-    l->abandoned = in_flight;
-    if (!in_flight)
-        l->sending = l->sending_frames = 0;
-    l->head = l->len = 0;
-    l->frames = 0;
-    l->tries = 0;
-    l->down = false;
-    l->mark_count = 0;
-    maybe_resume(f);
-}
-
-/* ---- receiving ---- */
-
-struct recv_job {
-    struct http_job base;
-    struct forwarder *f;
-    const uint8_t *body; /* the deferred request's, valid until the reply */
-    size_t len, pos, routed;
-    uint64_t paused_since; /* monotonic ms of the first pause, 0 = never paused */
-    bool check_next;       /* look before routing the next frame (after a pause) */
-    struct event *resume;
-};
-
-static void
-recv_destroy(struct http_job *base)
-{
-    struct recv_job *job = (struct recv_job *)base;
-    if (job->resume)
-        event_free(job->resume);
-    free(job);
-}
-
-/* Routes one frame: to the local subscribers, or to one session. */
-static void
-deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_up)
-{
-    *backed_up = false;
-    if (!fr->target) {
-        broker_api_route_remote(f->broker, fr->topic, fr->topic_len, fr->payload,
-                                fr->payload_len, fr->qos, fr->retain, backed_up);
-        return;
-    }
-    if (fr->rescued) { /* target: routed-at time, then the dead node */
-        char dead[256];
-        size_t n = fr->target_len - FORWARD_RESCUE_TIME;
-        uint64_t routed_ms = 0;
-        for (unsigned i = 0; i < FORWARD_RESCUE_TIME; i++)
-            routed_ms = routed_ms << 8 | (uint8_t)fr->target[i];
-        if (n < sizeof(dead)) {
-            memcpy(dead, fr->target + FORWARD_RESCUE_TIME, n);
-            dead[n] = '\0';
-            if (broker_api_route_rescued(f->broker, dead, routed_ms, fr->topic, fr->topic_len,
-                                         fr->payload, fr->payload_len, fr->qos, fr->retain))
-                f->rescued_in++;
-        }
-        return;
-    }
-    if (fr->group) {
-        if (broker_api_deliver_group(f->broker, fr->target, fr->target_len, fr->topic,
-                                     fr->topic_len, fr->payload, fr->payload_len, fr->qos,
-                                     false) == RMQ_OK)
-            f->shared_in++;
-        else
-            f->shared_lost++; /* the group's last member here left meanwhile */
-        return;
-    }
-    char client_id[65536];
-    memcpy(client_id, fr->target, fr->target_len);
-    client_id[fr->target_len] = '\0';
-    if (broker_api_deliver_session(f->broker, client_id, fr->topic, fr->topic_len, fr->payload,
-                                   fr->payload_len, fr->qos, fr->retain) == RMQ_OK)
-        f->redirects_in++;
-}
-
-static void
-recv_reply(struct recv_job *job)
-{
-    job->f->recv_msgs += job->routed;
-    job->f->recv_batches++;
-    http_job_reply_json(&job->base, 200,
-                        json_pack("{s:I}", "messages", (json_int_t)job->routed));
-}
-
-/* The barrier's answer: every session write the batch caused is in Redis
- * (they went first on the same connection). */
-static void
-on_barrier(struct redisReply *reply, void *arg)
-{
-    struct recv_job *job = arg;
-    if (!reply || reply->type == REDIS_REPLY_ERROR)
-        job->f->barriers_failed++;
-    recv_reply(job);
-}
-
-/* Durable: the sender forgets a batch once answered, so the answer waits
- * until Redis has the persistent sessions' copies of what it delivered.
- * Without Redis there is nothing to wait for (counted). */
-static void
-recv_answer(struct recv_job *job)
-{
-    static const char *ping[] = {"PING"};
-    if (job->f->cfg->durable &&
-        redis_link_argv(job->f->link, on_barrier, job, 1, ping, NULL) == RMQ_OK)
-        return;
-    if (job->f->cfg->durable)
-        job->f->barriers_failed++;
-    recv_reply(job);
-}
-
-static void recv_run(struct http_job *base);
-
-static void
-on_recv_resume(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    recv_run(arg);
-}
-
-/* Routes the batch's frames; before a frame that would go to a backed-up
- * local QoS 1/2 subscriber, pauses (the sender then waits for this answer
- * and pauses its own publishers), for at most max_stall_ms in all (kept
- * below the sender's request timeout, so a held batch is never re-sent). */
-static void
-recv_run(struct http_job *base)
-{
-    struct recv_job *job = (struct recv_job *)base;
-    struct forwarder *f = job->f;
-    uint64_t stall = f->cfg->max_stall_ms < MAX_HOLD_MS ? f->cfg->max_stall_ms : MAX_HOLD_MS;
-    size_t pos = job->pos;
-    struct forward_frame fr;
-    bool backed_up = false, check = job->check_next;
-    while (forward_frame_next(job->body, job->len, &pos, &fr) == RMQ_OK) {
-        /* Routing reports a subscriber past the mark; only then (and after a
-         * pause) is the next frame's target looked at first. */
-        bool held = job->paused_since && clock_monotonic_ms() - job->paused_since >= stall;
-        /* (Rescued frames, rare, are always looked at: routing them does
-         * not report.) */
-        if ((check || fr.rescued) && !held && (!fr.target || fr.rescued) &&
-            broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {
-            if (!job->paused_since)
-                job->paused_since = clock_monotonic_ms();
-            if (job->resume || (job->resume = evtimer_new(f->base, on_recv_resume, job))) {
-                struct timeval tv = {0, RECV_PAUSE_MS * 1000};
-                f->recv_pauses++;
-                job->check_next = true;
-                evtimer_add(job->resume, &tv);
-                return; /* this frame is routed when the subscriber has room */
-            }
-        }
-        deliver_frame(f, &fr, &backed_up);
-        check = backed_up;
-        job->pos = pos;
-        job->routed++;
-    }
-    recv_answer(job);
-}
-
-/* HTTP thread: checks the whole batch before the loop sees it. */
-static void
-handle_forward(struct http_request *req, void *ctx)
-{
-    (void)ctx;
-    struct forwarder *f = http_request_route(req)->arg;
-    size_t len, pos = 0;
-    const uint8_t *body = (const uint8_t *)http_request_body(req, &len);
-    struct forward_frame fr;
-    enum rmq_status st;
-    while ((st = forward_frame_next(body, len, &pos, &fr)) == RMQ_OK)
-        ;
-    if (st != RMQ_NOT_FOUND) {
-        f->recv_bad++;
-        http_reply_error(req, 400, "bad_batch", "malformed frame at byte %zu", pos);
-        return;
-    }
-    struct recv_job *job = calloc(1, sizeof(*job));
-    if (!job) {
-        http_reply_error(req, 500, "internal", "out of memory");
-        return;
-    }
-    job->f = f;
-    job->body = body;
-    job->len = len;
-    http_job_post(broker_inbox(f->broker), req, &job->base, recv_run, recv_destroy);
-}
-
-const struct http_route *
-forwarder_internal_routes(struct forwarder *f, size_t *count)
-{
-    *count = 1;
-    return &f->route;
-}
-
 /* ---- life cycle ---- */
 
 size_t
@@ -1035,7 +618,7 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
     }
     broker_set_forwarder(broker, on_forward, f);
     broker_api_set_redirect(broker, on_redirect);
-    if (cfg->durable && routes_on_node_left(routes, on_node_left, f) != RMQ_OK) {
+    if (cfg->durable && routes_on_node_left(routes, rescue_on_node_left, f) != RMQ_OK) {
         log_error("forwarder: cannot follow nodes leaving");
         forwarder_free(f);
         return NULL;
@@ -1059,12 +642,7 @@ forwarder_free(struct forwarder *f)
         if (l->frames)
             log_info("forward to node %s: %zu message(s) not sent at shutdown", l->node, l->frames);
     }
-    while (f->rescues) {
-        struct rescue *r = f->rescues;
-        f->rescues = r->next;
-        log_info("forward: rescue of node %s's messages abandoned at shutdown", r->node);
-        rescue_free(r);
-    }
+    rescue_abandon_all(f);
     hashmap_free(f->links);
     hashmap_free(f->share_turns);
     if (f->flush_ev)

@@ -14,7 +14,10 @@
  * Every pending prepare is in a list: sessions_stop() lets them all go on
  * (so nothing waits on a node that is stopping); their late callbacks then
  * only free them. Loop thread only, except the route handlers, which only
- * post jobs. */
+ * post jobs.
+ *
+ * Keeping each session's copy in Redis up to date is in session_copy.c;
+ * the state both files share in sessions_internal.h. */
 #include "cluster/sessions.h"
 
 #include <event2/event.h>
@@ -29,13 +32,13 @@
 #include "cluster/forward_codec.h"
 #include "cluster/redis_link.h"
 #include "cluster/routes.h"
+#include "cluster/sessions_internal.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "http/http_server.h"
 #include "http/metrics.h"
 #include "http/peer_client.h"
 
-#define KEY_MAX 768
 #define STATE_TYPE "application/x-relaymq-session"
 #define GHOST_MS 1000 /* a handed-over session's messages are redirected this long */
 #define ORIGIN_MS_TEXT "60000" /* a restored session takes rescued messages this long */
@@ -116,31 +119,9 @@ struct prep {
     char client_id[];
 };
 
-struct sessions {
-    struct broker *broker;
-    struct cluster *cluster;
-    struct redis_link *link;
-    struct peer_client *peers;
-    const struct sessions_config *cfg;
-    struct broker_observer observer;
-    struct http_route routes[2];
-    struct prep *preps;
-    struct event_base *base;
-    bool draining; /* sessions_drain is running the loop */
-    int script_owner, script_load, script_online, script_end, script_adopt;
-    char max_queued[16];
-    uint64_t handed_in, handed_out, restored, adopted, dropped_remote, redis_errors, bad_state;
-};
-
 /* ---- state encoding ---- */
 
-struct buf {
-    uint8_t *data;
-    size_t len, cap;
-    bool failed;
-};
-
-static uint8_t *
+uint8_t *
 buf_room(struct buf *b, size_t n)
 {
     if (b->failed)
@@ -325,8 +306,6 @@ prep_free(struct prep *p)
     free(p);
 }
 
-static void send_argv(struct sessions *sm, int argc, const char **argv, const size_t *lens);
-
 /* origin: the dead node the session comes from (NULL: none), since when
  * (0: now): messages rescued from that node's undelivered batches are for
  * it. A new origin (since 0) is noted in Redis for the node that takes the
@@ -447,26 +426,11 @@ on_handover(const struct peer_result *res, void *arg)
     load_from_redis(p);
 }
 
-static void
-ignore_answer(const struct peer_result *res, void *arg)
+void
+sessions_ignore_answer(const struct peer_result *res, void *arg)
 {
     (void)res;
     (void)arg;
-}
-
-static void
-on_redis_done(struct redisReply *r, void *arg)
-{
-    struct sessions *sm = arg;
-    if (sm && (!r || r->type == REDIS_REPLY_ERROR))
-        sm->redis_errors++;
-}
-
-static void
-forget_everywhere(struct sessions *sm, const char *client_id)
-{
-    const char *argv[] = {sm->cfg->prefix, client_id, sm->cfg->node_id};
-    redis_link_eval(sm->link, sm->script_end, on_redis_done, sm, 0, 3, argv, NULL);
 }
 
 static void
@@ -491,8 +455,8 @@ on_owner(struct redisReply *r, void *arg)
         /* A clean start: the old session goes, wherever it is. */
         if (!here && addr && *addr && sm->peers && escaped) {
             snprintf(path, sizeof(path), "/internal/v1/sessions/%s/drop", escaped);
-            if (peer_client_request(sm->peers, addr, "POST", path, NULL, ignore_answer, NULL) ==
-                RMQ_OK)
+            if (peer_client_request(sm->peers, addr, "POST", path, NULL, sessions_ignore_answer,
+                                    NULL) == RMQ_OK)
                 sm->dropped_remote++;
         }
         forget_everywhere(sm, p->client_id);
@@ -545,170 +509,6 @@ prepare(void *ctx, const char *client_id, bool clean, void (*done)(void *token),
     const char *argv[] = {sm->cfg->prefix, client_id, now};
     if (redis_link_eval(sm->link, sm->script_owner, on_owner, p, 0, 3, argv, NULL) != RMQ_OK)
         prep_free(p); /* Redis away: whatever is here (nothing) */
-}
-
-/* ---- keeping the copy in Redis ---- */
-
-static void
-key(const struct sessions *sm, const char *client_id, const char *suffix, char *out)
-{
-    snprintf(out, KEY_MAX, "%ssess:%s%s", sm->cfg->prefix, client_id, suffix);
-}
-
-static void
-send_argv(struct sessions *sm, int argc, const char **argv, const size_t *lens)
-{
-    if (redis_link_argv(sm->link, on_redis_done, sm, argc, argv, lens) != RMQ_OK)
-        sm->redis_errors++;
-}
-
-static void
-trim_queue(struct sessions *sm, const char *qkey)
-{
-    char neg[24];
-    snprintf(neg, sizeof(neg), "-%s", sm->max_queued);
-    const char *argv[] = {"LTRIM", qkey, neg, "-1"};
-    send_argv(sm, 4, argv, NULL);
-}
-
-struct queue_writer {
-    struct sessions *sm;
-    const char **argv;
-    size_t *lens;
-    int argc, cap;
-    struct buf frames;
-    size_t *offsets;
-};
-
-static void
-collect_msg(void *arg, const struct broker_message *m)
-{
-    struct queue_writer *w = arg;
-    if (w->argc == w->cap) {
-        int cap = w->cap ? w->cap * 2 : 64;
-        size_t *o = realloc(w->offsets, (size_t)cap * sizeof(*o));
-        if (!o) {
-            w->frames.failed = true;
-            return;
-        }
-        w->offsets = o;
-        w->cap = cap;
-    }
-    size_t at = w->frames.len;
-    struct forward_frame f = {.topic = m->topic,
-                              .topic_len = m->topic_len,
-                              .payload = m->payload,
-                              .payload_len = m->payload_len,
-                              .qos = m->qos,
-                              .retain = m->retain};
-    uint8_t *p = buf_room(&w->frames, forward_frame_size(m->topic_len, m->payload_len));
-    if (!p)
-        return;
-    forward_frame_write(p, &f);
-    w->offsets[w->argc++] = at;
-}
-
-/* The client went offline: its copy gets everything it is still owed. */
-static void
-write_offline(struct sessions *sm, const char *client_id)
-{
-    char skey[KEY_MAX], qkey[KEY_MAX], now[24];
-    key(sm, client_id, "", skey);
-    key(sm, client_id, ":queue", qkey);
-    snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
-    const char *hset[] = {"HSET", skey, "node", sm->cfg->node_id, "online", "0", "updated_ms",
-                          now};
-    send_argv(sm, 8, hset, NULL);
-    const char *del[] = {"DEL", qkey};
-    send_argv(sm, 2, del, NULL);
-    struct queue_writer w = {.sm = sm};
-    broker_api_session_walk(sm->broker, client_id, NULL, collect_msg, &w);
-    if (w.argc > 0 && !w.frames.failed) {
-        const char **argv = malloc((size_t)(w.argc + 2) * sizeof(*argv));
-        size_t *lens = malloc((size_t)(w.argc + 2) * sizeof(*lens));
-        if (argv && lens) {
-            argv[0] = "RPUSH";
-            lens[0] = 5;
-            argv[1] = qkey;
-            lens[1] = strlen(qkey);
-            for (int i = 0; i < w.argc; i++) {
-                size_t end = i + 1 < w.argc ? w.offsets[i + 1] : w.frames.len;
-                argv[2 + i] = (const char *)w.frames.data + w.offsets[i];
-                lens[2 + i] = end - w.offsets[i];
-            }
-            send_argv(sm, w.argc + 2, argv, lens);
-            trim_queue(sm, qkey);
-        } else {
-            sm->redis_errors++;
-        }
-        free(argv);
-        free(lens);
-    }
-    free(w.frames.data);
-    free(w.offsets);
-}
-
-/* One message of the queue in Redis: RPUSH appends it, LREM (durable
- * sessions, once acknowledged) takes the first entry equal to it: any
- * equal one will do, they are the same message to the client. */
-static void
-write_queued(struct sessions *sm, const char *client_id, const struct broker_message *m,
-             uint8_t qos, bool settled)
-{
-    char qkey[KEY_MAX];
-    key(sm, client_id, ":queue", qkey);
-    struct forward_frame f = {.topic = m->topic,
-                              .topic_len = m->topic_len,
-                              .payload = m->payload,
-                              .payload_len = m->payload_len,
-                              .qos = qos,
-                              .retain = m->retain};
-    size_t size = forward_frame_size(m->topic_len, m->payload_len);
-    uint8_t *frame = malloc(size);
-    if (!frame) {
-        sm->redis_errors++;
-        return;
-    }
-    forward_frame_write(frame, &f);
-    if (settled) {
-        const char *argv[] = {"LREM", qkey, "1", (const char *)frame};
-        size_t lens[] = {4, strlen(qkey), 1, size};
-        send_argv(sm, 4, argv, lens);
-    } else {
-        const char *argv[] = {"RPUSH", qkey, (const char *)frame};
-        size_t lens[] = {5, strlen(qkey), size};
-        send_argv(sm, 3, argv, lens);
-        trim_queue(sm, qkey);
-    }
-    free(frame);
-}
-
-struct online_ctx {
-    struct sessions *sm;
-    char client_id[];
-};
-
-/* A copy of the session may linger on the node that held it before (an
- * adoption racing the client's return): that node drops it. */
-static void
-on_online(struct redisReply *r, void *arg)
-{
-    struct online_ctx *x = arg;
-    struct sessions *sm = x->sm;
-    if (!r || r->type == REDIS_REPLY_ERROR)
-        sm->redis_errors++;
-    else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-             r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0 && sm->peers) {
-        char path[KEY_MAX];
-        char *escaped = peer_client_escape(x->client_id);
-        if (escaped) {
-            snprintf(path, sizeof(path), "/internal/v1/sessions/%s/drop", escaped);
-            peer_client_request(sm->peers, r->element[1]->str, "POST", path, NULL, ignore_answer,
-                                NULL);
-        }
-        free(escaped);
-    }
-    free(x);
 }
 
 /* ---- adopting the sessions of a node that left ---- */
@@ -790,64 +590,6 @@ on_node_left(void *ctx, const char *node)
     memcpy(a->node, node, n);
     if (redis_link_eval(sm->link, sm->script_adopt, on_adopted, a, 0, 4, argv, NULL) != RMQ_OK)
         free(a);
-}
-
-static void
-on_session(void *ctx, const struct broker_session_event *ev)
-{
-    struct sessions *sm = ctx;
-    char skey[KEY_MAX], subs[KEY_MAX], nkey[KEY_MAX], qos[4], now[24];
-    switch (ev->change) {
-    case SESSION_SUBSCRIBED: {
-        key(sm, ev->client_id, "", skey);
-        key(sm, ev->client_id, ":subs", subs);
-        snprintf(nkey, sizeof(nkey), "%snode:%s:sessions", sm->cfg->prefix, sm->cfg->node_id);
-        snprintf(qos, sizeof(qos), "%u", (unsigned)ev->qos);
-        const char *hset[] = {"HSET", subs, ev->filter, qos};
-        size_t lens[] = {4, strlen(subs), ev->filter_len, strlen(qos)};
-        send_argv(sm, 4, hset, lens);
-        const char *owner[] = {"HSET", skey, "node", sm->cfg->node_id};
-        send_argv(sm, 4, owner, NULL);
-        const char *sadd[] = {"SADD", nkey, ev->client_id};
-        send_argv(sm, 3, sadd, NULL);
-        return;
-    }
-    case SESSION_UNSUBSCRIBED: {
-        key(sm, ev->client_id, ":subs", subs);
-        const char *hdel[] = {"HDEL", subs, ev->filter};
-        size_t lens[] = {4, strlen(subs), ev->filter_len};
-        send_argv(sm, 3, hdel, lens);
-        return;
-    }
-    case SESSION_ONLINE: {
-        snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
-        const char *argv[] = {sm->cfg->prefix, ev->client_id, sm->cfg->node_id, now,
-                              sm->cfg->durable ? "1" : "0"};
-        struct online_ctx *x = malloc(sizeof(*x) + strlen(ev->client_id) + 1);
-        if (x) {
-            x->sm = sm;
-            strcpy(x->client_id, ev->client_id);
-        }
-        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 5, argv, NULL) !=
-                      RMQ_OK) {
-            free(x);
-            sm->redis_errors++;
-        }
-        return;
-    }
-    case SESSION_OFFLINE:
-        write_offline(sm, ev->client_id);
-        return;
-    case SESSION_QUEUED:
-        write_queued(sm, ev->client_id, ev->message, ev->qos, false);
-        return;
-    case SESSION_SETTLED:
-        write_queued(sm, ev->client_id, ev->message, ev->qos, true);
-        return;
-    case SESSION_ENDED:
-        forget_everywhere(sm, ev->client_id);
-        return;
-    }
 }
 
 /* ---- the internal routes (the holder's side) ---- */
@@ -968,7 +710,7 @@ sessions_new(struct event_base *base, struct broker *broker, struct cluster *clu
     sm->script_online = redis_link_script(link, online_lua);
     sm->script_end = redis_link_script(link, end_lua);
     sm->script_adopt = redis_link_script(link, adopt_lua);
-    sm->observer = (struct broker_observer){.ctx = sm, .session = on_session};
+    sm->observer = (struct broker_observer){.ctx = sm, .session = copy_on_session};
     /* (A failure here ends the process: what was installed is not undone.) */
     if (sm->script_adopt < 0 || routes_on_node_left(routes, on_node_left, sm) != RMQ_OK ||
         broker_add_observer(broker, &sm->observer) != RMQ_OK) {
