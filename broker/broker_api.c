@@ -265,7 +265,6 @@ broker_api_route_remote(struct broker *b, const char *topic, size_t topic_len, c
     *backed_up = false;
     if (!message_valid(topic, topic_len, payload_len, qos))
         return RMQ_INVALID;
-    broker_refresh_clock(b);
     b->metrics.messages_from_peers++;
     struct route r = {
         .topic = topic,

@@ -46,8 +46,8 @@ forward_frame_write(uint8_t *out, const struct forward_frame *f)
         memcpy(p + 4, f->payload, f->payload_len);
 }
 
-enum rmq_status
-forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_frame *f)
+static enum rmq_status
+frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_frame *f, bool check_topic)
 {
     size_t at = *pos;
     if (at == len)
@@ -79,7 +79,8 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
         return RMQ_PROTOCOL;
     const char *topic = (const char *)buf + at + 3;
     /* Frames come from other nodes: checked as a client's PUBLISH would be. */
-    if (!topic_name_valid(topic, tlen) || !mqtt_utf8_valid((const uint8_t *)topic, tlen))
+    if (check_topic &&
+        (!topic_name_valid(topic, tlen) || !mqtt_utf8_valid((const uint8_t *)topic, tlen)))
         return RMQ_PROTOCOL;
     *f = (struct forward_frame){
         .topic = topic,
@@ -95,4 +96,16 @@ forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_f
     };
     *pos = at + 3 + tlen + 4 + plen;
     return RMQ_OK;
+}
+
+enum rmq_status
+forward_frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_frame *f)
+{
+    return frame_next(buf, len, pos, f, true);
+}
+
+enum rmq_status
+forward_frame_next_trusted(const uint8_t *buf, size_t len, size_t *pos, struct forward_frame *f)
+{
+    return frame_next(buf, len, pos, f, false);
 }

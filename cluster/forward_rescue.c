@@ -123,7 +123,7 @@ on_rescue(evutil_socket_t fd, short what, void *arg)
     size_t pos = r->pos;
     struct forward_frame fr;
     f->appended = false;
-    while (forward_frame_next(r->buf, r->len, &pos, &fr) == RMQ_OK) {
+    while (forward_frame_next_trusted(r->buf, r->len, &pos, &fr) == RMQ_OK) {
         bool held = r->paused_since && clock_monotonic_ms() - r->paused_since >= stall;
         if (!held && !fr.target &&
             broker_api_remote_backed_up(f->broker, fr.topic, fr.topic_len, fr.qos)) {

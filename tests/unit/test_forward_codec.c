@@ -508,6 +508,33 @@ test_rescued_round_trip(void **state)
     }
 }
 
+/* The second pass over a checked batch reads the same frames, still within
+ * bounds (a truncated batch is refused), without validating topics again. */
+static void
+test_trusted_second_pass(void **state)
+{
+    (void)state;
+    uint8_t buf[64];
+    struct forward_frame in = {.topic = "a/b", .topic_len = 3, .payload = (const uint8_t *)"x",
+                               .payload_len = 1, .qos = 1};
+    size_t size = forward_frame_size_of(&in);
+    forward_frame_write(buf, &in);
+    struct forward_frame a, b;
+    size_t pa = 0, pb = 0;
+    assert_int_equal(forward_frame_next(buf, size, &pa, &a), RMQ_OK);
+    assert_int_equal(forward_frame_next_trusted(buf, size, &pb, &b), RMQ_OK);
+    assert_int_equal(pa, pb);
+    assert_ptr_equal(a.topic, b.topic);
+    assert_int_equal(a.payload_len, b.payload_len);
+    assert_int_equal(forward_frame_next_trusted(buf, size, &pb, &b), RMQ_NOT_FOUND);
+    pb = 0;
+    assert_int_equal(forward_frame_next_trusted(buf, size - 1, &pb, &b), RMQ_PROTOCOL);
+    buf[4] = '+'; /* a wildcard in the topic: only the checked pass refuses it */
+    pa = pb = 0;
+    assert_int_equal(forward_frame_next(buf, size, &pa, &a), RMQ_PROTOCOL);
+    assert_int_equal(forward_frame_next_trusted(buf, size, &pb, &b), RMQ_OK);
+}
+
 /* ---- malformed frames ---- */
 
 /* Every flags byte on an untargeted frame: only bits 0-2 may be set, and
@@ -730,6 +757,7 @@ main(void)
         cmocka_unit_test(test_targeted_round_trip),
         cmocka_unit_test(test_group_round_trip),
         cmocka_unit_test(test_rescued_round_trip),
+        cmocka_unit_test(test_trusted_second_pass),
         cmocka_unit_test(test_wire_layout),
         cmocka_unit_test(test_empty_payload),
         cmocka_unit_test(test_topic_length_boundary),
