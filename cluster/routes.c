@@ -4,7 +4,16 @@
  * internal address and the set of its filters), and `tree` holds each
  * (filter, remote) pair so that a topic is matched once for all nodes.
  * A remote is created by any message or load naming it and dropped by
- * "!" or by a reload that no longer lists it.
+ * "!" or by a reload of it that no longer lists it.
+ *
+ * A full reload (at start and after every Redis reconnect) may come before
+ * the other nodes have written their sets again (after a Redis restart
+ * they rewrite them on their own reconnect, then announce "*"). So it only
+ * adds: a known node keeps its filters, and one missing from the reload is
+ * kept, each marked stale; its "*" reloads it alone (replacing its filters)
+ * and clears the mark. A node still stale STALE_MS later is reloaded alone
+ * then: replaced if it is registered, dropped if not. No message is routed
+ * past a node whose routes are merely being rewritten.
  *
  * Writes of this node's own filters go through the cluster's link (one
  * script: set change + announcement, so readers of the set and of the
@@ -12,6 +21,7 @@
  * Loop thread only. */
 #include "cluster/routes.h"
 
+#include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -22,9 +32,12 @@
 #include "broker/topic_tree.h"
 #include "cluster/cluster.h"
 #include "cluster/redis_link.h"
+#include "common/clock.h"
 #include "common/hashmap.h"
 #include "common/log.h"
 #include "http/metrics.h"
+
+#define STALE_MS 10000 /* a node's own reconnect rewrites its set well within this */
 
 #define RESET_CHUNK 500 /* filters per script call when re-asserting */
 
@@ -79,6 +92,7 @@ struct remote {
     struct hashmap *filters; /* filter -> (unused) */
     struct hashmap *shares;  /* group key -> struct remote_share */
     uint64_t match_gen;
+    uint64_t stale_since_ms; /* monotonic; 0: its filters are confirmed */
     char *addr;
     char id[];
 };
@@ -102,6 +116,7 @@ struct routes {
     } node_left[ROUTES_MAX_LEFT_LISTENERS];
     size_t node_left_count;
     int script_change, script_reset, script_load, script_leave;
+    struct event *stale_timer; /* reloads the nodes still stale after STALE_MS */
     char channel[512];
     /* counters */
     uint64_t resyncs, changes_sent, changes_received, write_errors;
@@ -220,31 +235,49 @@ remove_filter(struct routes *r, struct remote *n, const char *filter, size_t len
         topic_tree_unsubscribe(r->tree, filter, len, n);
 }
 
-/* Replaces node id's entry with the loaded {id, addr, {filters}}. */
+/* Takes the loaded {id, addr, {filters}}: replacing node id's entry (a
+ * load of that node alone: its filters are confirmed), or adding to it (a
+ * full reload: it stays stale until confirmed). */
 static void
-load_node(struct routes *r, const redisReply *e)
+load_node(struct routes *r, const redisReply *e, bool replace)
 {
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 3 ||
         e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_STRING ||
         e->element[2]->type != REDIS_REPLY_ARRAY)
         return;
     const char *id = e->element[0]->str;
-    drop_node(r, id);
+    if (replace)
+        drop_node(r, id);
     struct remote *n = get_node(r, id, e->element[0]->len, true);
-    if (!n || !(n->addr = strdup(e->element[1]->str))) {
+    char *addr = n ? strdup(e->element[1]->str) : NULL;
+    if (!addr) {
         log_warn("routes: out of memory loading node %s", id);
         return;
     }
+    free(n->addr);
+    n->addr = addr;
+    n->stale_since_ms = replace ? 0 : clock_monotonic_ms();
     const redisReply *f = e->element[2];
     for (size_t i = 0; i < f->elements; i++)
         if (f->element[i]->type == REDIS_REPLY_STRING)
             add_filter(r, n, f->element[i]->str, f->element[i]->len);
-    log_info("routes: node %s at %s has %zu filter(s)", id, n->addr, hashmap_count(n->filters));
+    log_info("routes: node %s at %s has %zu filter(s)%s", id, n->addr,
+             hashmap_count(n->filters), replace ? "" : " (kept until it confirms them)");
+}
+
+/* The node left (or never came back after a reconnect): its routes go and
+ * the listeners hear of it. */
+static void
+node_gone(struct routes *r, const char *id)
+{
+    drop_node(r, id);
+    for (size_t i = 0; i < r->node_left_count; i++)
+        r->node_left[i].fn(r->node_left[i].ctx, id);
 }
 
 struct load_ctx {
     struct routes *r;
-    bool all;
+    char id[]; /* "" for all */
 };
 
 static void
@@ -253,26 +286,25 @@ on_loaded(struct redisReply *reply, void *arg)
     struct load_ctx *x = arg;
     struct routes *r = x->r;
     if (reply && reply->type == REDIS_REPLY_ARRAY) {
-        if (x->all) {
-            /* Nodes no longer registered are gone. */
-            struct hashmap *seen = hashmap_new(NULL);
-            for (size_t i = 0; seen && i < reply->elements; i++) {
-                const redisReply *e = reply->element[i];
-                if (e->type == REDIS_REPLY_ARRAY && e->elements == 3)
-                    hashmap_put(seen, e->element[0]->str, e->element[0]->len, (void *)1, NULL);
-            }
+        if (!x->id[0]) {
+            /* Every known node is stale until it confirms its set. */
             size_t pos = 0;
             const void *key;
             size_t len;
             void *v;
-            while (seen && hashmap_next(r->nodes, &pos, &key, &len, &v)) {
-                if (!hashmap_get(seen, key, len))
-                    remote_free(r, hashmap_remove(r->nodes, key, len));
-            }
-            hashmap_free(seen);
+            uint64_t now = clock_monotonic_ms();
+            while (hashmap_next(r->nodes, &pos, &key, &len, &v))
+                ((struct remote *)v)->stale_since_ms = now;
+            struct timeval tv = {STALE_MS / 1000, (STALE_MS % 1000) * 1000};
+            if (r->stale_timer)
+                evtimer_add(r->stale_timer, &tv);
+        } else if (reply->elements == 0) {
+            struct remote *n = get_node(r, x->id, strlen(x->id), false);
+            if (n && n->stale_since_ms) /* it never came back: gone */
+                node_gone(r, x->id);
         }
         for (size_t i = 0; i < reply->elements; i++)
-            load_node(r, reply->element[i]);
+            load_node(r, reply->element[i], x->id[0] != '\0');
     } else if (reply) {
         r->write_errors++;
     }
@@ -283,15 +315,37 @@ on_loaded(struct redisReply *reply, void *arg)
 static void
 load(struct routes *r, const char *id)
 {
-    struct load_ctx *x = malloc(sizeof(*x));
+    size_t n = id ? strlen(id) + 1 : 1;
+    struct load_ctx *x = malloc(sizeof(*x) + n);
     if (!x)
         return;
-    *x = (struct load_ctx){r, id == NULL};
+    x->r = r;
+    memcpy(x->id, id ? id : "", n);
     const char *argv[] = {r->cfg->prefix, r->cfg->node_id, id ? id : ""};
     if (redis_link_eval(r->link, r->script_load, on_loaded, x, 0, 3, argv, NULL) != RMQ_OK)
         free(x);
     else if (!id)
         r->resyncs++;
+}
+
+/* STALE_MS after a full reload: the nodes that did not confirm their sets
+ * are each loaded again, alone. */
+static void
+on_stale_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct routes *r = arg;
+    uint64_t now = clock_monotonic_ms();
+    size_t pos = 0;
+    const void *key;
+    size_t len;
+    void *v;
+    while (hashmap_next(r->nodes, &pos, &key, &len, &v)) {
+        struct remote *n = v;
+        if (n->stale_since_ms && now - n->stale_since_ms >= STALE_MS / 2)
+            load(r, n->id);
+    }
 }
 
 /* ---- the channel ---- */
@@ -336,9 +390,7 @@ on_message(const char *data, size_t len, void *arg)
         load(r, node);
         return;
     case '!':
-        drop_node(r, node);
-        for (size_t i = 0; i < r->node_left_count; i++)
-            r->node_left[i].fn(r->node_left[i].ctx, node);
+        node_gone(r, node);
         return;
     default:
         return;
@@ -517,10 +569,12 @@ routes_new(struct event_base *base, struct broker *broker, struct cluster *clust
     r->script_reset = redis_link_script(link, reset_lua);
     r->script_load = redis_link_script(link, load_lua);
     r->script_leave = redis_link_script(link, leave_lua);
+    r->stale_timer = evtimer_new(base, on_stale_check, r);
     r->sub_events = (struct redis_link_events){.up = on_sub_up, .ctx = r};
     r->sub = redis_link_new(base, cfg->redis_url, &r->sub_events);
     r->observer = (struct broker_observer){.ctx = r, .filter_changed = on_filter_changed};
     if (!r->tree || !r->shared_tree || !r->nodes || r->script_leave < 0 || !r->sub ||
+        !r->stale_timer ||
         redis_link_subscribe(r->sub, r->channel, on_message, r) != RMQ_OK ||
         cluster_add_up_listener(cluster, on_redis_up, r) != RMQ_OK ||
         broker_add_observer(broker, &r->observer) != RMQ_OK) {
@@ -542,6 +596,8 @@ routes_free(struct routes *r)
         redis_link_eval(r->link, r->script_leave, on_written, NULL, 0, 2, argv, NULL);
     }
     redis_link_free(r->sub);
+    if (r->stale_timer)
+        event_free(r->stale_timer);
     size_t pos = 0;
     const void *key;
     size_t len;
