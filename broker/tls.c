@@ -3,11 +3,14 @@
  * Contexts: TLS 1.2 or 1.3 at least (configurable), no renegotiation, no
  * compression, server cipher preference, partial writes with a buffer that
  * may move between retries (the output queue compacts and grows), and
- * buffers released while a connection is idle: most devices are idle most
- * of the time, and an idle session then costs a few hundred bytes rather
- * than two 17 KiB buffers. A peer that closes TCP without close_notify ends
- * the session like a close_notify (MQTT frames its own packets, so a
- * truncated stream cannot pass for a complete one).
+ * record buffers released while a connection is idle: most devices are idle
+ * most of the time, and an idle session then holds no 17 KiB buffer. It
+ * still holds about 14 KiB of OpenSSL 3.0 state that the public API cannot
+ * shrink (the SSL object alone is 7.5 KiB, the traffic keys 2.3 KiB; see
+ * BENCHMARKS.md, "TLS memory per idle connection", and tests/bench/tls_mem.c,
+ * which counts it by OpenSSL source line). A peer that closes TCP without
+ * close_notify ends the session like a close_notify (MQTT frames its own
+ * packets, so a truncated stream cannot pass for a complete one).
  *
  * Client certificates are requested only when the listener requires one or
  * takes the identity as username; a certificate that is sent is always
