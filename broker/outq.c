@@ -10,6 +10,7 @@
 
 #define OUTQ_IOV_MAX 64
 #define OUTQ_KEEP_MAX (16u * 1024u) /* larger byte buffers are freed once drained */
+#define OUTQ_FIRST 256u             /* a buffer's first size; one this small is freed too */
 
 static struct outq_ref *
 ref_at(const struct outq *q, uint32_t i)
@@ -36,7 +37,7 @@ outq_reserve(struct outq *q, size_t n)
     if (q->len + n > q->cap) {
         compact(q);
         if (q->len + n > q->cap) {
-            size_t cap = q->cap ? q->cap : 256;
+            size_t cap = q->cap ? q->cap : OUTQ_FIRST;
             while (cap < q->len + n)
                 cap *= 2;
             uint8_t *buf = realloc(q->buf, cap);
@@ -139,12 +140,15 @@ consume(struct outq *q, size_t n)
     }
 }
 
-/* Everything was written: start the buffer over, and let a large one go. */
+/* Everything was written: start the buffer over, and let a large one go,
+ * or a first-size one: a connection that only ever had small writes is
+ * mostly idle (an idle connection then holds no buffer), and taking 256
+ * bytes again costs a cached malloc. A busy one keeps its grown buffer. */
 static void
 drained(struct outq *q)
 {
     q->off = q->len = 0;
-    if (q->cap > OUTQ_KEEP_MAX) {
+    if (q->cap > OUTQ_KEEP_MAX || q->cap <= OUTQ_FIRST) {
         free(q->buf);
         q->buf = NULL;
         q->cap = 0;

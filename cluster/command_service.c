@@ -185,7 +185,10 @@ static void
 route_command(struct commands *cm, const struct command *cmd, const struct command_owner *owner)
 {
     struct local_dev *dev = hashmap_get(cm->devices, cmd->device, strlen(cmd->device));
-    if (dev && (!owner || !*owner->node || strcmp(owner->channel_id, dev->channel_id) == 0)) {
+    char channel_id[CHANNEL_ID_MAX];
+    if (dev)
+        commands_channel_id(cm, dev, channel_id);
+    if (dev && (!owner || !*owner->node || strcmp(owner->channel_id, channel_id) == 0)) {
         commands_take_charge(cm, dev, cmd);
         return;
     }

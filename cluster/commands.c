@@ -226,8 +226,10 @@ step(struct local_cmd *lc)
         return;
     }
     lc->busy = true;
-    cm->store->ops->send(cm->store, lc->id, cm->cfg->node_id, lc->dev->channel_id,
-                         clock_wall_ms(), on_sent, x);
+    char channel_id[CHANNEL_ID_MAX];
+    commands_channel_id(cm, lc->dev, channel_id);
+    cm->store->ops->send(cm->store, lc->id, cm->cfg->node_id, channel_id, clock_wall_ms(),
+                         on_sent, x);
 }
 
 static void
@@ -319,6 +321,14 @@ forget_device(struct commands *cm, const char *device)
     free_dev(hashmap_remove(cm->devices, device, strlen(device)));
 }
 
+void
+commands_channel_id(const struct commands *cm, const struct local_dev *dev,
+                    char out[CHANNEL_ID_MAX])
+{
+    snprintf(out, CHANNEL_ID_MAX, "%s/%" PRIu64 "/%" PRIu64, cm->cfg->node_id, cm->cfg->epoch,
+             dev->channel);
+}
+
 static void
 on_connected(void *ctx, const struct broker_client_info *info)
 {
@@ -336,8 +346,6 @@ on_connected(void *ctx, const struct broker_client_info *info)
     }
     memcpy(dev->device, device, len + 1);
     dev->channel = info->channel;
-    snprintf(dev->channel_id, sizeof(dev->channel_id), "%s/%" PRIu64 "/%" PRIu64,
-             cm->cfg->node_id, cm->cfg->epoch, info->channel);
     x->cm = cm;
     x->channel = info->channel;
     memcpy(x->device, device, len + 1);

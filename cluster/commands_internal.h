@@ -65,9 +65,9 @@ struct local_cmd {
     char id[COMMAND_ID_LEN + 1];
 };
 
+/* One per device connected here: kept small, every connection has one. */
 struct local_dev {
-    uint64_t channel;
-    char channel_id[CHANNEL_ID_MAX];
+    uint64_t channel; /* its channel id is commands_channel_id() */
     struct local_cmd *cmds;
     char device[]; /* the map's key */
 };
@@ -128,5 +128,10 @@ void commands_wake_waiters(struct commands *cm, const char *id);
 void commands_tell_waiting_node(struct commands *cm, const struct command *cmd);
 /* The 100 ms poll of waiting requests (an event callback; arg is cm). */
 void commands_poll(evutil_socket_t fd, short what, void *arg);
+
+/* The registry's channel id of dev's connection ("node/epoch/channel") in
+ * out (CHANNEL_ID_MAX bytes). */
+void commands_channel_id(const struct commands *cm, const struct local_dev *dev,
+                         char out[CHANNEL_ID_MAX]);
 
 #endif
