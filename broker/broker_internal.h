@@ -44,6 +44,17 @@ enum conn_state {
 };
 
 /* One client connection. Allocated at accept, freed by conn_close(). */
+/* A client's publish token buckets (limits.c), made at its first PUBLISH
+ * when a publish rate limit is configured. */
+struct conn_rate {
+    struct conn *conn;
+    struct timer_entry timer; /* ends a rate pause */
+    uint64_t refill_ms;       /* when the buckets were last refilled */
+    int64_t msgs, bytes;      /* tokens x 1000; may go negative (a debt) */
+};
+
+/* Every connection has one, idle or not: fields are ordered so that no
+ * padding is wasted (idle memory per connection is a product figure). */
 struct conn {
     struct broker *broker;
     struct event ev;          /* EV_READ, plus EV_WRITE while output is blocked */
@@ -54,21 +65,18 @@ struct conn {
     bool dirty;               /* on the broker's flush list */
     bool want_write;          /* EV_WRITE armed */
     bool paused;              /* reading stopped while a claim is pending */
-    struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
-    bool forward_paused;          /* reading stopped: the forwarder's buffer is full */
-    bool rate_paused;             /* reading stopped: over max-publish-rate/-bytes-rate */
-    bool rate_started;            /* the publish token buckets are filled */
-    struct timer_entry rate_timer; /* ends a rate pause (limits.c) */
-    uint64_t rate_refill_ms;      /* when the buckets were last refilled */
-    int64_t rate_msgs, rate_bytes; /* tokens x 1000; may go negative (a debt) */
-    size_t listener_idx;          /* 1 + index in broker->listeners; 0 = none */
-    struct conn *throttle_next;   /* in throttled_by->throttled */
+    bool forward_paused;      /* reading stopped: the forwarder's buffer is full */
+    bool rate_paused;         /* reading stopped: over max-publish-rate/-bytes-rate */
     bool dispatching;         /* inside process(): input must not be re-entered */
     uint8_t proxy_accept;     /* PROXY_PROTO_ACCEPT_* versions, in CONN_PROXY_HEADER */
     bool use_identity;        /* the TLS client certificate's CN is the username */
+    uint16_t keepalive;       /* seconds */
+    struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
+    struct conn_rate *rate;       /* NULL until a rate limit first applies */
+    size_t listener_idx;          /* 1 + index in broker->listeners; 0 = none */
+    struct conn *throttle_next;   /* in throttled_by->throttled */
     struct tls_conn *tls;     /* NULL on plain TCP */
     struct ws_conn *ws;       /* NULL unless a WebSocket listener */
-    uint16_t keepalive;       /* seconds */
     uint64_t last_rx_ms;
     uint64_t channel;         /* unique per connection on this node */
     struct session *session;  /* NULL until CONNECT is accepted */
@@ -133,6 +141,25 @@ struct subscription {
     uint8_t qos;
 };
 
+/* A session handed over to another node is kept for a short while as a
+ * ghost: its subscriptions stay here and what they match is sent on to the
+ * node at addr. */
+struct session_ghost {
+    struct session *session;
+    char *addr;
+    struct broker *broker;
+    struct timer_entry timer;
+    struct session *next; /* in broker->ghosts */
+};
+
+/* A session restored from a node that died: messages rescued from that
+ * node's undelivered batches are for it (broker_api_route_rescued). */
+struct session_origin {
+    uint64_t until_ms; /* they are taken until then (monotonic) */
+    uint64_t since_ms; /* when it was restored (wall clock) */
+    char node[];
+};
+
 /* MQTT session state: lives as long as the connection (clean session) or
  * until the client cleans it (persistent session). */
 struct session {
@@ -156,16 +183,9 @@ struct session {
     uint64_t throttled_since_ms;
     bool stalled; /* paused publishers too long: overflow is dropped until it drains */
     bool leaving; /* handed to another node: its end is not an end */
-    char *origin; /* the dead node it was restored from (rescued messages), or NULL */
-    uint64_t origin_until_ms; /* rescued messages are taken until then (monotonic) */
-    uint64_t origin_since_ms; /* when it was restored (wall clock) */
+    struct session_origin *origin; /* restored from a dead node lately, or NULL */
     bool freeing; /* session_free is running */
-    /* A ghost: the session went to the node at ghost_addr; for a short while
-     * its subscriptions stay here and what they match is sent on there. */
-    char *ghost_addr;
-    struct broker *ghost_broker;
-    struct timer_entry ghost_timer;
-    struct session *ghost_next;
+    struct session_ghost *ghost; /* handed over, still redirecting; or NULL */
 
     uint16_t *qos2_in; /* packet ids of QoS 2 publishes received, awaiting PUBREL */
     uint16_t qos2_in_count, qos2_in_cap;

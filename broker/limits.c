@@ -11,6 +11,8 @@
  * repaid, so a fast publisher is slowed, never dropped, and other clients
  * are not held up. Tokens are kept x1000 so refills per millisecond stay
  * integers. Loop thread only. */
+#include <stdlib.h>
+
 #include "broker/broker_internal.h"
 #include "common/log.h"
 
@@ -72,7 +74,11 @@ void
 limits_conn_closed(struct conn *c)
 {
     struct broker *b = c->broker;
-    timer_entry_cancel(&c->rate_timer);
+    if (c->rate) {
+        timer_entry_cancel(&c->rate->timer);
+        free(c->rate);
+        c->rate = NULL;
+    }
     /* After broker_stop_listening the slots are gone: nothing to count. */
     if (c->listener_idx && c->listener_idx <= b->listener_count)
         b->listeners[c->listener_idx - 1].conn_count--;
@@ -83,7 +89,8 @@ static void
 on_rate_timer(struct timer_entry *entry, uint64_t now_ms)
 {
     (void)now_ms;
-    struct conn *c = (struct conn *)((char *)entry - offsetof(struct conn, rate_timer));
+    struct conn_rate *r = (struct conn_rate *)((char *)entry - offsetof(struct conn_rate, timer));
+    struct conn *c = r->conn;
     c->rate_paused = false;
     if (!c->forward_paused) /* the forwarder resumes it when its buffer drains */
         conn_resume_input(c);
@@ -118,23 +125,27 @@ limits_charge_publish(struct conn *c, size_t payload_len)
     if (!mrate && !brate)
         return;
     uint64_t now = broker_now(b);
-    if (!c->rate_started) {
-        c->rate_started = true;
-        c->rate_msgs = (int64_t)(mrate * TOKEN);
-        c->rate_bytes = (int64_t)(brate * TOKEN);
-        c->rate_refill_ms = now;
-        timer_entry_init(&c->rate_timer, on_rate_timer);
+    struct conn_rate *r = c->rate;
+    if (!r) {
+        if (!(r = malloc(sizeof(*r))))
+            return; /* out of memory: this one goes through unlimited */
+        *r = (struct conn_rate){.conn = c,
+                                .refill_ms = now,
+                                .msgs = (int64_t)(mrate * TOKEN),
+                                .bytes = (int64_t)(brate * TOKEN)};
+        timer_entry_init(&r->timer, on_rate_timer);
+        c->rate = r;
     }
-    uint64_t elapsed = now - c->rate_refill_ms;
-    c->rate_refill_ms = now;
-    c->rate_msgs = refill(c->rate_msgs, mrate, elapsed);
-    c->rate_bytes = refill(c->rate_bytes, brate, elapsed);
+    uint64_t elapsed = now - r->refill_ms;
+    r->refill_ms = now;
+    r->msgs = refill(r->msgs, mrate, elapsed);
+    r->bytes = refill(r->bytes, brate, elapsed);
     if (mrate)
-        c->rate_msgs -= TOKEN;
+        r->msgs -= TOKEN;
     if (brate)
-        c->rate_bytes -= (int64_t)((uint64_t)payload_len * TOKEN);
-    uint64_t wait = repay_ms(c->rate_msgs, mrate);
-    uint64_t wait_bytes = repay_ms(c->rate_bytes, brate);
+        r->bytes -= (int64_t)((uint64_t)payload_len * TOKEN);
+    uint64_t wait = repay_ms(r->msgs, mrate);
+    uint64_t wait_bytes = repay_ms(r->bytes, brate);
     if (wait_bytes > wait)
         wait = wait_bytes;
     if (!wait || c->rate_paused)
@@ -142,5 +153,5 @@ limits_charge_publish(struct conn *c, size_t payload_len)
     c->rate_paused = true;
     b->metrics.publish_rate_limited++;
     conn_pause_input(c);
-    timer_wheel_schedule(b->wheel, &c->rate_timer, now + wait);
+    timer_wheel_schedule(b->wheel, &r->timer, now + wait);
 }

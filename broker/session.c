@@ -129,9 +129,9 @@ session_free(struct broker *b, struct session *s)
     for (uint32_t i = 0; i < s->sub_count; i++) {
         const char *inner;
         size_t inner_len;
-        if (s->ghost_addr && share_parse(s->subs[i].filter, s->subs[i].len, &inner, &inner_len))
+        if (s->ghost && share_parse(s->subs[i].filter, s->subs[i].len, &inner, &inner_len))
             share_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
-        else if (s->ghost_addr) /* its filters' counts were released when it became a ghost */
+        else if (s->ghost) /* its filters' counts were released when it became a ghost */
             topic_tree_unsubscribe(b->subs, s->subs[i].filter, s->subs[i].len, s);
         else
             broker_unsubscribe(b, s->subs[i].filter, s->subs[i].len, s);
@@ -150,8 +150,11 @@ session_free(struct broker *b, struct session *s)
     }
     free(s->qos2_in);
     free(s->origin);
-    free(s->ghost_addr);
-    timer_entry_cancel(&s->ghost_timer);
+    if (s->ghost) {
+        timer_entry_cancel(&s->ghost->timer);
+        free(s->ghost->addr);
+        free(s->ghost);
+    }
     free(s->client_id);
     free(s);
 }
@@ -314,7 +317,7 @@ pump(struct broker *b, struct session *s)
 void
 session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qos, bool retain)
 {
-    if (s->ghost_addr) {
+    if (s->ghost) {
         session_redirect(b, s, r, qos, retain);
         return;
     }

@@ -113,36 +113,42 @@ ghost_unlink(struct broker *b, struct session *s)
 {
     struct session **pp = &b->ghosts;
     while (*pp && *pp != s)
-        pp = &(*pp)->ghost_next;
+        pp = &(*pp)->ghost->next;
     if (*pp)
-        *pp = s->ghost_next;
+        *pp = s->ghost->next;
 }
 
 static void
 on_ghost_expired(struct timer_entry *e, uint64_t now)
 {
     (void)now;
-    struct session *s = (struct session *)((char *)e - offsetof(struct session, ghost_timer));
-    struct broker *b = s->ghost_broker;
-    ghost_unlink(b, s);
-    session_free(b, s); /* its filters go: the route table forgets them here */
+    struct session_ghost *g =
+        (struct session_ghost *)((char *)e - offsetof(struct session_ghost, timer));
+    struct broker *b = g->broker;
+    ghost_unlink(b, g->session);
+    session_free(b, g->session); /* its filters go: the route table forgets them here */
 }
 
 /* Keeps s's subscriptions here as a ghost pointing at to_addr. */
 static bool
 make_ghost(struct broker *b, struct session *s, const char *to_addr, uint64_t ghost_ms)
 {
-    if (!(s->ghost_addr = strdup(to_addr)))
+    struct session_ghost *g = calloc(1, sizeof(*g));
+    if (!g || !(g->addr = strdup(to_addr))) {
+        free(g);
         return false;
-    s->ghost_broker = b;
+    }
+    g->session = s;
+    g->broker = b;
+    s->ghost = g;
     /* Other nodes stop sending these filters here (unless another session
      * holds them); what they already sent is still matched and redirected. */
     for (uint32_t i = 0; i < s->sub_count; i++)
         broker_filter_release(b, s->subs[i].filter, s->subs[i].len);
-    s->ghost_next = b->ghosts;
+    g->next = b->ghosts;
     b->ghosts = s;
-    timer_entry_init(&s->ghost_timer, on_ghost_expired);
-    timer_wheel_schedule(b->wheel, &s->ghost_timer, broker_now(b) + ghost_ms);
+    timer_entry_init(&g->timer, on_ghost_expired);
+    timer_wheel_schedule(b->wheel, &g->timer, broker_now(b) + ghost_ms);
     return true;
 }
 
@@ -151,7 +157,7 @@ session_free_ghosts(struct broker *b)
 {
     while (b->ghosts) {
         struct session *s = b->ghosts;
-        b->ghosts = s->ghost_next;
+        b->ghosts = s->ghost->next;
         session_free(b, s);
     }
 }
@@ -160,7 +166,7 @@ size_t
 broker_api_ghost_count(struct broker *b)
 {
     size_t n = 0;
-    for (const struct session *s = b->ghosts; s; s = s->ghost_next)
+    for (const struct session *s = b->ghosts; s; s = s->ghost->next)
         n++;
     return n;
 }
@@ -200,7 +206,7 @@ session_redirect(struct broker *b, struct session *s, const struct route *r, uin
                                .qos = qos,
                                .retain = retain};
     if (b->redirect)
-        b->redirect(b->forward_ctx, s->ghost_addr, s->client_id, &m);
+        b->redirect(b->forward_ctx, s->ghost->addr, s->client_id, &m);
 }
 
 void
@@ -337,14 +343,16 @@ broker_api_session_set_origin(struct broker *b, const char *client_id, const cha
     struct session *s = persistent(b, client_id);
     if (!s)
         return RMQ_NOT_FOUND;
-    char *copy = strdup(node);
-    if (!copy)
+    size_t n = strlen(node) + 1;
+    struct session_origin *o = malloc(sizeof(*o) + n);
+    if (!o)
         return RMQ_NOMEM;
-    free(s->origin);
-    s->origin = copy;
     broker_refresh_clock(b);
-    s->origin_until_ms = broker_now(b) + ORIGIN_MS;
-    s->origin_since_ms = since_ms;
+    o->until_ms = broker_now(b) + ORIGIN_MS;
+    o->since_ms = since_ms;
+    memcpy(o->node, node, n);
+    free(s->origin);
+    s->origin = o;
     return RMQ_OK;
 }
 
@@ -368,11 +376,11 @@ broker_api_route_rescued(struct broker *b, const char *node, uint64_t routed_ms,
     broker_match(b, r.topic, r.topic_len);
     for (size_t i = 0; i < b->matched_count; i++) {
         struct session *s = b->matched[i];
-        if (!s->origin || strcmp(s->origin, node) != 0 || broker_now(b) >= s->origin_until_ms ||
-            s->ghost_addr)
+        const struct session_origin *o = s->origin;
+        if (!o || strcmp(o->node, node) != 0 || broker_now(b) >= o->until_ms || s->ghost)
             continue; /* not one of the dead node's sessions (it had its copy), or a ghost:
                          its new node is sent the rescue too */
-        if (routed_ms > s->origin_since_ms + BROKER_RESCUE_MARGIN_MS)
+        if (routed_ms > o->since_ms + BROKER_RESCUE_MARGIN_MS)
             continue; /* routed after the session was restored: it had it */
         session_deliver(b, s, &r, qos < s->match_qos ? qos : s->match_qos, false);
         reached++;
