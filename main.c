@@ -40,7 +40,7 @@ usage(FILE *out)
 {
     fprintf(out,
             "usage: relaymq [--config FILE] [--OPTION VALUE ...]\n"
-            "       relaymq passwd [-c] [-b] FILE USER [PASSWORD] | passwd -D FILE USER\n"
+            "       relaymq passwd [-c] [-b] FILE USER [PASSWORD] | passwd -D FILE USER | passwd -H\n"
             "\n"
             "A clustered MQTT 3.1/3.1.1 broker. Every option can also be set in the config\n"
             "file (\"name value\" per line) or as %sNAME in the environment.\n"
@@ -250,6 +250,10 @@ load_settings(int argc, char **argv, struct settings *s)
         fprintf(stderr, "relaymq: bridge: rules need --redis (the streams are written there)\n");
         return 2;
     }
+    if (s->users_redis && !s->redis) {
+        fprintf(stderr, "relaymq: users-redis: needs --redis (the users are kept there)\n");
+        return 2;
+    }
     if (s->durable_sessions && !s->redis) {
         fprintf(stderr, "relaymq: durable-sessions: needs --redis (the sessions' copies are "
                         "kept there)\n");
@@ -299,6 +303,7 @@ cluster_config_from(const struct settings *s, uint64_t epoch, struct cluster_con
         .device_by_username = strcmp(s->device_id, "username") == 0,
         .events_maxlen = s->events_maxlen,
         .epoch = epoch,
+        .users_redis = s->users_redis,
     };
 }
 
@@ -473,7 +478,7 @@ run(const struct settings *s)
         if (apis.admin)
             admin_api_add_metrics_source(apis.admin, bridge_writer_write_metrics, bridge);
     }
-    if (!s->allow_anonymous && !auth)
+    if (!s->allow_anonymous && !auth && !s->users_redis)
         log_warn("allow-anonymous is false and no authentication backend is configured: "
                  "every client will be refused");
     log_info("relaymq %s node %s ready", RELAYMQ_VERSION, s->node_id);

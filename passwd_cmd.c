@@ -37,10 +37,12 @@ passwd_usage(FILE *out)
     fprintf(out,
             "usage: relaymq passwd [-c] [-b] FILE USER [PASSWORD]\n"
             "       relaymq passwd -D FILE USER\n"
+            "       relaymq passwd -H [PASSWORD]\n"
             "\n"
             "  -c  create FILE, replacing any existing one\n"
             "  -b  take PASSWORD from the command line (visible to other local users)\n"
             "  -D  delete USER from FILE\n"
+            "  -H  print only the hash (for --users-redis: redis-cli SET PREFIXusers:USER HASH)\n"
             "Without -b the password is read from the terminal (twice, not echoed) or\n"
             "from the first line of standard input. Lines are written in Mosquitto's\n"
             "$7$ format (PBKDF2-HMAC-SHA512, %u iterations).\n",
@@ -231,10 +233,34 @@ fail:
     return rc;
 }
 
+/* -H: the "$7$..." hash alone, for a user kept in Redis. arg: the password
+ * (NULL: asked for as usual); usage false: the options were wrong. */
+static int
+print_hash(const char *arg, bool usage)
+{
+    if (!usage) {
+        passwd_usage(stderr);
+        return 2;
+    }
+    char *pw = get_password(arg);
+    if (!pw)
+        return 1;
+    char line[512];
+    int rc = 1;
+    if (auth_format_line("u", pw, strlen(pw), AUTH_DEFAULT_ITERATIONS, line, sizeof(line)) !=
+        RMQ_OK)
+        fprintf(stderr, "relaymq passwd: hashing the password failed\n");
+    else if (printf("%s\n", line + 2) > 0 && fflush(stdout) == 0)
+        rc = 0; /* the line after "u:" */
+    OPENSSL_cleanse(line, sizeof(line));
+    secret_free(pw);
+    return rc;
+}
+
 int
 passwd_main(int argc, char **argv)
 {
-    bool create = false, batch = false, del = false;
+    bool create = false, batch = false, del = false, hash_only = false;
     int i = 1;
     for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
         if (strcmp(argv[i], "-c") == 0)
@@ -243,6 +269,8 @@ passwd_main(int argc, char **argv)
             batch = true;
         else if (strcmp(argv[i], "-D") == 0)
             del = true;
+        else if (strcmp(argv[i], "-H") == 0)
+            hash_only = true;
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             passwd_usage(stdout);
             return 0;
@@ -253,6 +281,9 @@ passwd_main(int argc, char **argv)
         }
     }
     int rest = argc - i;
+    if (hash_only)
+        return print_hash(create || batch || del || rest > 1 ? NULL : argv[i],
+                          !(create || batch || del || rest > 1));
     if ((del && (create || batch || rest != 2)) || (!del && rest != (batch ? 3 : 2))) {
         passwd_usage(stderr);
         return 2;

@@ -114,6 +114,9 @@ const struct config_option settings_options[] = {
     OPT("password-file", CONFIG_STRING, NULL, password_file, 0, 0,
         "Mosquitto-format password file (relaymq passwd); clients with a username are "
         "checked against it"),
+    OPT("users-redis", CONFIG_BOOL, "false", users_redis, 0, 0,
+        "cluster: usernames the password file does not know are looked up in Redis "
+        "(<redis-prefix>users:NAME holds the $7$ hash; relaymq passwd -H makes one)"),
     OPT("acl-file", CONFIG_STRING, NULL, acl_file, 0, 0,
         "Mosquitto-format ACL file; topics it does not allow are denied"),
 };

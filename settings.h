@@ -14,6 +14,7 @@ struct settings {
     struct config_list listen;
     bool allow_anonymous;
     bool durable_sessions;
+    bool users_redis;
     char *node_id;
     char *log_level;
     uint64_t max_packet_size;

@@ -246,6 +246,29 @@ auth_check(const struct auth *a, const char *username, size_t username_len, cons
     return ok && password ? AUTH_OK : AUTH_BAD_PASSWORD;
 }
 
+enum auth_result
+auth_check_encoded(const char *encoded, size_t len, const char *password, size_t password_len,
+                   const char **why)
+{
+    struct auth_user u;
+    char text[512];
+    *why = NULL;
+    if (len >= sizeof(text) || memchr(encoded, '\0', len)) {
+        *why = "too long, or not text";
+        return AUTH_MALFORMED;
+    }
+    memcpy(text, encoded, len);
+    text[len] = '\0';
+    if ((*why = parse_hash(text, &u)) != NULL)
+        return AUTH_MALFORMED;
+    unsigned char got[AUTH_HASH_LEN];
+    bool ok = pbkdf2(password, password_len, u.salt, u.salt_len, u.iterations, got) &&
+              CRYPTO_memcmp(got, u.hash, AUTH_HASH_LEN) == 0;
+    OPENSSL_cleanse(got, sizeof(got));
+    OPENSSL_cleanse(&u, sizeof(u));
+    return ok && password ? AUTH_OK : AUTH_BAD_PASSWORD;
+}
+
 enum rmq_status
 auth_format_line(const char *username, const char *password, size_t password_len,
                  unsigned iterations, char *out, size_t outlen)

@@ -26,6 +26,7 @@ enum auth_result {
     AUTH_OK,
     AUTH_BAD_PASSWORD, /* user known, password wrong (or none given) */
     AUTH_UNKNOWN_USER,
+    AUTH_MALFORMED, /* auth_check_encoded: the stored hash is not "$7$..." */
 };
 
 /* Reads the password file at path. NULL on failure, with one line in err
@@ -38,6 +39,13 @@ struct auth *auth_load(const char *path, char *err, size_t errlen);
  * one so timing does not reveal which users exist. */
 enum auth_result auth_check(const struct auth *auth, const char *username, size_t username_len,
                             const char *password, size_t password_len);
+
+/* Checks a password against one stored hash, "$7$ITERATIONS$SALT$HASH"
+ * (len bytes, not NUL-terminated): a password file line's part after
+ * "user:", as the users kept in Redis hold it. AUTH_MALFORMED with *why
+ * saying what is wrong if it is not such a hash. */
+enum auth_result auth_check_encoded(const char *encoded, size_t len, const char *password,
+                                    size_t password_len, const char **why);
 
 /* Number of users loaded. */
 size_t auth_user_count(const struct auth *auth);

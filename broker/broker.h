@@ -83,14 +83,27 @@ struct broker_client_info {
 struct broker_claim;
 
 /* Hooks the cluster layer installs (all optional; loop thread).
+ * lookup_user: a CONNECT's username that the password file does not know
+ *   (or every username, without a file) is looked up there: the hook must
+ *   call broker_user_found(token, ...) exactly once, now or later; the
+ *   client's packets wait meanwhile. Without the hook such a username is
+ *   refused (with a password file) or not checked (without one).
  * claim: called after authentication, before CONNACK. The hook must call
  *   broker_claim_done(token, ...) exactly once, now or later; the client's
  *   packets wait meanwhile.
  * released: called when a client that was claimed disconnects, with why. */
 struct broker_hooks {
     void *ctx;
+    void (*lookup_user)(void *ctx, struct broker_claim *token, const char *username);
     void (*claim)(void *ctx, struct broker_claim *token, const struct broker_client_info *info);
     void (*released)(void *ctx, const struct broker_client_info *info, enum close_reason reason);
+};
+
+/* What a lookup_user hook found. */
+enum broker_user_lookup {
+    BROKER_USER_FOUND,     /* encoded: the user's "$7$..." password hash */
+    BROKER_USER_NOT_FOUND, /* no such user */
+    BROKER_USER_ERROR,     /* the user store could not be asked */
 };
 
 /* A message a client published, as observers see it: after the ACL let it
@@ -205,6 +218,14 @@ struct inbox *broker_inbox(struct broker *broker);
 
 /* Installs hooks (borrowed; they must outlive the broker). */
 void broker_set_hooks(struct broker *broker, const struct broker_hooks *hooks);
+
+/* Completes a user lookup: the CONNECT's password is checked against
+ * encoded (FOUND), then the CONNECT goes on (the claim, or CONNACK 0);
+ * otherwise CONNACK 0x04 (not found, wrong password, a malformed hash) or
+ * 0x03 (ERROR) and the connection is closed. Frees nothing the hook owns;
+ * token is invalid after. */
+void broker_user_found(struct broker_claim *token, enum broker_user_lookup result,
+                       const char *encoded, size_t len);
 
 /* Completes a claim: with ok the client gets CONNACK 0 and its packets
  * flow; without, CONNACK 0x03 (server unavailable) and the connection

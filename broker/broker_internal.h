@@ -70,6 +70,7 @@ struct conn {
     bool dispatching;         /* inside process(): input must not be re-entered */
     uint8_t proxy_accept;     /* PROXY_PROTO_ACCEPT_* versions, in CONN_PROXY_HEADER */
     bool use_identity;        /* the TLS client certificate's CN is the username */
+    bool refused_inline;      /* a user lookup failed inside handle_connect: it returns so */
     uint16_t keepalive;       /* seconds */
     struct session *throttled_by; /* reading stopped: this subscriber's queue is backed up */
     struct conn_rate *rate;       /* NULL until a rate limit first applies */
@@ -113,7 +114,10 @@ struct broker_claim {
     uint16_t keepalive;
     uint8_t protocol_level;
     bool clean;
+    bool looking_up;   /* still in lookup_user: nothing claimed yet */
     char *username;
+    char *password;    /* lookup_user only: wiped and freed once checked */
+    size_t password_len;
     char peer[56];
     uint16_t client_id_len;
     char client_id[];

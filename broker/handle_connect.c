@@ -7,6 +7,7 @@
  * violation, with no CONNACK; otherwise a CONNACK with the refusal code has
  * been queued).
  * Loop thread only. */
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,26 +33,35 @@ refuse(struct conn *c, uint8_t code, const char *why)
     return RMQ_INVALID;
 }
 
-/* Authentication. Without a password file, allow-anonymous decides for
- * every client (usernames are not checked, as in Mosquitto). With one, a
- * client that gives a username must match it (0x04 otherwise: MQTT 3.1.1
- * "bad user name or password", for unknown users too, so the answer does
- * not reveal which users exist); a client without a username is anonymous
- * and needs allow-anonymous (0x05 "not authorized" otherwise). why gets
- * what went wrong for the log; the password never appears in it. */
+#define LOOK_UP_USER 0xff /* authenticate(): the user store decides (lookup_user) */
+
+/* Authentication. Without a password file or a user store, allow-anonymous
+ * decides for every client (usernames are not checked, as in Mosquitto).
+ * With them, a client that gives a username must match the file or, if the
+ * file does not know it, the store (LOOK_UP_USER: asked asynchronously);
+ * 0x04 otherwise: MQTT 3.1.1 "bad user name or password", for unknown
+ * users too, so the answer does not reveal which users exist. A client
+ * without a username is anonymous and needs allow-anonymous (0x05 "not
+ * authorized" otherwise). why gets what went wrong for the log; the
+ * password never appears in it. */
 static uint8_t
 authenticate(const struct broker *b, const struct mqtt_connect *cn, char *why, size_t whylen)
 {
     const struct auth *auth = b->cfg->auth;
-    if (!auth || !cn->has_username) {
+    bool store = b->hooks && b->hooks->lookup_user;
+    if ((!auth && !store) || !cn->has_username) {
         snprintf(why, whylen, "anonymous access denied");
         return b->cfg->allow_anonymous ? MQTT_CONNACK_ACCEPTED : MQTT_CONNACK_NOT_AUTHORIZED;
     }
-    enum auth_result r = auth_check(auth, (const char *)cn->username.data, cn->username.len,
-                                    cn->has_password ? (const char *)cn->password.data : NULL,
-                                    cn->has_password ? cn->password.len : 0);
+    enum auth_result r = AUTH_UNKNOWN_USER;
+    if (auth)
+        r = auth_check(auth, (const char *)cn->username.data, cn->username.len,
+                       cn->has_password ? (const char *)cn->password.data : NULL,
+                       cn->has_password ? cn->password.len : 0);
     if (r == AUTH_OK)
         return MQTT_CONNACK_ACCEPTED;
+    if (r == AUTH_UNKNOWN_USER && store)
+        return LOOK_UP_USER;
     int shown = cn->username.len > 64 ? 64 : (int)cn->username.len;
     const char *what = r == AUTH_UNKNOWN_USER ? "unknown user"
                        : cn->has_password     ? "wrong password"
@@ -171,14 +181,29 @@ finish_connect(struct conn *c, const char *id, size_t id_len, bool clean, uint16
     return RMQ_OK;
 }
 
-/* Hands the client to the cluster layer; CONNACK waits for its answer. */
+static void claim_free(struct broker_claim *t);
+
+/* After a hook: RMQ_INVALID if it answered at once and the CONNECT was
+ * refused (refuse_async left the closing to handle_connect's caller). */
 static enum rmq_status
-start_claim(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t keepalive)
+answered_inline(struct conn *c)
+{
+    if (!c->refused_inline)
+        return RMQ_OK;
+    c->refused_inline = false;
+    return RMQ_INVALID;
+}
+
+/* What finishing the CONNECT needs after an asynchronous step (a user
+ * lookup, the cluster's claim); the connection waits, its input paused.
+ * NULL without memory. */
+static struct broker_claim *
+token_new(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t keepalive)
 {
     struct broker *b = c->broker;
     struct broker_claim *t = calloc(1, sizeof(*t) + id_len + 1);
     if (!t)
-        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+        return NULL;
     *t = (struct broker_claim){
         .broker = b,
         .conn = c,
@@ -195,23 +220,155 @@ start_claim(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t 
     memcpy(t->peer, c->peer, sizeof(t->peer));
     if (c->username && !(t->username = strdup(c->username))) {
         free(t);
-        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+        return NULL;
     }
     c->claim = t;
     c->state = CONN_CLAIMING;
     c->connected_at_ms = clock_wall_ms();
     conn_pause_input(c);
+    return t;
+}
+
+/* Hands the client to the cluster layer (its token made); CONNACK waits
+ * for its answer. */
+static void
+claim(struct conn *c, struct broker_claim *t)
+{
+    struct broker *b = c->broker;
     struct broker_client_info info;
     conn_client_info(c, &info);
     b->hooks->claim(b->hooks->ctx, t, &info);
-    return RMQ_OK;
+}
+
+static enum rmq_status
+start_claim(struct conn *c, const char *id, size_t id_len, bool clean, uint16_t keepalive)
+{
+    struct broker_claim *t = token_new(c, id, id_len, clean, keepalive);
+    if (!t)
+        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+    claim(c, t);
+    return answered_inline(c);
+}
+
+/* Asks the user store about c->username; the password waits in the token. */
+static enum rmq_status
+start_lookup(struct conn *c, const struct mqtt_connect *cn, const char *id, size_t id_len)
+{
+    struct broker *b = c->broker;
+    struct broker_claim *t = token_new(c, id, id_len, cn->clean_session, cn->keepalive);
+    if (!t)
+        return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+    t->looking_up = true;
+    if (cn->has_password) {
+        if (!(t->password = malloc(cn->password.len + 1u))) {
+            c->claim = NULL;
+            claim_free(t);
+            return refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+        }
+        memcpy(t->password, cn->password.data, cn->password.len);
+        t->password_len = cn->password.len;
+    }
+    b->hooks->lookup_user(b->hooks->ctx, t, c->username);
+    return answered_inline(c);
+}
+
+static void
+password_free(struct broker_claim *t)
+{
+    if (t->password) {
+        OPENSSL_cleanse(t->password, t->password_len);
+        free(t->password);
+        t->password = NULL;
+    }
 }
 
 static void
 claim_free(struct broker_claim *t)
 {
+    password_free(t);
     free(t->username);
     free(t);
+}
+
+/* The CONNECT failed after an asynchronous step: refused and closed; when
+ * the step answered at once (inside handle_connect, which then returns the
+ * failure and its caller closes) only refused. */
+static void
+refuse_async(struct conn *c, uint8_t code, const char *why)
+{
+    if (why)
+        refuse(c, code, why);
+    c->state = CONN_AWAIT_CONNECT; /* never claimed: no release */
+    if (c->dispatching)
+        c->refused_inline = true;
+    else
+        conn_close(c, CLOSE_REFUSED);
+}
+
+/* Input was paused for an asynchronous step: it goes on. */
+static void
+resume(struct conn *c)
+{
+    if (c->dispatching)
+        c->paused = false; /* answered inline: process() carries on */
+    else
+        conn_resume_input(c);
+}
+
+void
+broker_user_found(struct broker_claim *t, enum broker_user_lookup result, const char *encoded,
+                  size_t len)
+{
+    struct broker *b = t->broker;
+    struct conn *c = t->conn;
+    if (!c) { /* the connection died meanwhile: nothing was claimed */
+        claim_free(t);
+        return;
+    }
+    const char *malformed = NULL;
+    enum auth_result r = AUTH_UNKNOWN_USER;
+    if (result == BROKER_USER_FOUND)
+        r = auth_check_encoded(encoded, len, t->password, t->password_len, &malformed);
+    bool no_password = !t->password;
+    password_free(t);
+    t->looking_up = false;
+    char why[192];
+    int shown = (int)strnlen(c->username ? c->username : "", 64);
+    const char *user = c->username ? c->username : "";
+    if (result == BROKER_USER_ERROR) {
+        c->claim = NULL;
+        claim_free(t);
+        refuse_async(c, MQTT_CONNACK_UNAVAILABLE, "the user store (Redis) is unreachable");
+        return;
+    }
+    if (r == AUTH_MALFORMED)
+        log_warn("user '%.*s': the stored password hash is malformed (%s)", shown, user,
+                 malformed);
+    if (r == AUTH_OK && no_password)
+        r = AUTH_BAD_PASSWORD;
+    if (r != AUTH_OK) {
+        snprintf(why, sizeof(why), "user '%.*s': %s", shown, user,
+                 r == AUTH_UNKNOWN_USER ? "unknown user"
+                 : r == AUTH_MALFORMED  ? "malformed stored hash"
+                 : no_password          ? "no password"
+                                        : "wrong password");
+        c->claim = NULL;
+        claim_free(t);
+        refuse_async(c, MQTT_CONNACK_BAD_CREDENTIALS, why);
+        return;
+    }
+    if (b->hooks && b->hooks->claim) {
+        claim(c, t); /* the same token, now a claim */
+        return;
+    }
+    c->claim = NULL;
+    enum rmq_status st = finish_connect(c, t->client_id, t->client_id_len, t->clean, t->keepalive);
+    claim_free(t);
+    if (st != RMQ_OK) {
+        refuse_async(c, 0, NULL); /* finish_connect queued its answer */
+        return;
+    }
+    resume(c);
 }
 
 void
@@ -238,14 +395,10 @@ broker_claim_done(struct broker_claim *t, bool ok)
                             : refuse(c, MQTT_CONNACK_UNAVAILABLE, "cluster claim failed");
     claim_free(t);
     if (st != RMQ_OK) {
-        c->state = CONN_AWAIT_CONNECT; /* never claimed: no release */
-        conn_close(c, CLOSE_REFUSED);
+        refuse_async(c, 0, NULL); /* its CONNACK is queued */
         return;
     }
-    if (c->dispatching)
-        c->paused = false; /* answered inline: process() carries on */
-    else
-        conn_resume_input(c);
+    resume(c);
 }
 
 enum rmq_status
@@ -269,6 +422,7 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
     char why[128];
     const char *user = cn->has_username ? (const char *)cn->username.data : NULL;
     size_t user_len = cn->username.len;
+    bool look_up = false;
     if (c->use_identity) {
         /* The TLS layer vouched for the certificate: its CN is the username
          * and the CONNECT's username and password are not looked at. */
@@ -278,7 +432,8 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
         user_len = strlen(c->username);
     } else {
         uint8_t code = authenticate(b, cn, why, sizeof(why));
-        if (code != MQTT_CONNACK_ACCEPTED)
+        look_up = code == LOOK_UP_USER;
+        if (code != MQTT_CONNACK_ACCEPTED && !look_up)
             return refuse(c, code, why);
     }
     if (!will_allowed(b, cn, id, id_len, user, user_len)) {
@@ -291,6 +446,8 @@ handle_connect(struct conn *c, const struct mqtt_packet *p)
     if (!c->use_identity && cn->has_username &&
         !(c->username = strndup((const char *)cn->username.data, cn->username.len)))
         return RMQ_NOMEM;
+    if (look_up)
+        return start_lookup(c, cn, id, id_len);
     if (b->hooks && b->hooks->claim)
         return start_claim(c, id, id_len, cn->clean_session, cn->keepalive);
     return finish_connect(c, id, id_len, cn->clean_session, cn->keepalive);

@@ -279,7 +279,9 @@ cluster_new(struct event_base *base, struct broker *broker, const struct cluster
     cl->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, cl);
     if (!cl->heartbeat || event_add(cl->heartbeat, &tv) != 0)
         goto fail;
-    cl->hooks = (struct broker_hooks){.ctx = cl, .claim = registry_on_claim,
+    cl->hooks = (struct broker_hooks){.ctx = cl,
+                                      .lookup_user = cfg->users_redis ? users_on_lookup : NULL,
+                                      .claim = registry_on_claim,
                                       .released = registry_on_released};
     broker_set_hooks(broker, &cl->hooks);
     log_info("cluster: node %s, redis %s, prefix '%s'", cfg->node_id, cfg->redis_url,

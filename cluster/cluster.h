@@ -36,6 +36,7 @@ struct cluster_config {
     bool device_by_username; /* device id = username instead of client id */
     int64_t events_maxlen;
     uint64_t epoch; /* this run of the node, as the broker has it */
+    bool users_redis; /* usernames the password file does not know are looked up in Redis */
 };
 
 /* Asks the node at `addr` to close one of its connections. Installed by

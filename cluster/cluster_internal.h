@@ -40,6 +40,7 @@ struct cluster {
     uint64_t remote_takeovers;
     uint64_t events_dropped;
     uint64_t nodes_reaped;
+    uint64_t users_found, users_not_found, users_errors; /* --users-redis lookups */
     struct {
         void (*fn)(void *ctx);
         void *ctx;
@@ -64,6 +65,9 @@ void registry_on_claim(void *ctx, struct broker_claim *token,
 void registry_on_released(void *ctx, const struct broker_client_info *info,
                           enum close_reason reason);
 void registry_reassert_one(void *arg, const struct broker_client_info *info);
+
+/* users.c: the broker's lookup_user hook (--users-redis). */
+void users_on_lookup(void *ctx, struct broker_claim *token, const char *username);
 
 /* Appends to the events stream and publishes on $SYS/brokers/...; reason
  * NULL for online events. */

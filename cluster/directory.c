@@ -273,6 +273,16 @@ cluster_write_metrics(FILE *out, void *arg)
                    "online/offline events not written because Redis was away");
     fprintf(out, "relaymq_cluster_events_dropped_total %llu\n",
             (unsigned long long)cl->events_dropped);
+    if (!cl->cfg->users_redis)
+        return;
+    metrics_family(out, "relaymq_auth_redis_lookups_total", "counter",
+                   "--users-redis: usernames looked up in Redis, by result");
+    fprintf(out, "relaymq_auth_redis_lookups_total{result=\"found\"} %llu\n",
+            (unsigned long long)cl->users_found);
+    fprintf(out, "relaymq_auth_redis_lookups_total{result=\"not_found\"} %llu\n",
+            (unsigned long long)cl->users_not_found);
+    fprintf(out, "relaymq_auth_redis_lookups_total{result=\"error\"} %llu\n",
+            (unsigned long long)cl->users_errors);
 }
 
 void

@@ -162,6 +162,50 @@ test_bad_lines(void **state)
     }
 }
 
+/* One stored hash checked alone (users kept in Redis): Mosquitto's line
+ * after "alice:" verifies; wrong, short, long and missing passwords do not;
+ * what is not a $7$ hash is AUTH_MALFORMED with a reason, never a match. */
+static void
+test_encoded(void **state)
+{
+    (void)state;
+    const char *enc = strchr(MOSQ_ALICE, ':') + 1;
+    size_t n = strlen(enc);
+    const char *why = "unset";
+    assert_int_equal(auth_check_encoded(enc, n, "secret", 6, &why), AUTH_OK);
+    assert_null(why);
+    assert_int_equal(auth_check_encoded(enc, n, "secreT", 6, &why), AUTH_BAD_PASSWORD);
+    assert_int_equal(auth_check_encoded(enc, n, "secret", 5, &why), AUTH_BAD_PASSWORD);
+    assert_int_equal(auth_check_encoded(enc, n, NULL, 0, &why), AUTH_BAD_PASSWORD);
+    assert_int_equal(auth_check_encoded(enc, n, "secret1", 7, &why), AUTH_BAD_PASSWORD);
+    /* Not NUL-terminated: only n bytes are read. */
+    char copy[256];
+    memcpy(copy, enc, n);
+    memset(copy + n, 'A', sizeof(copy) - n);
+    assert_int_equal(auth_check_encoded(copy, n, "secret", 6, &why), AUTH_OK);
+    static const char *const bad[] = {
+        "",
+        "secret",
+        "$6$abc$def",
+        "$7$0$Y1gsto3W492dVyyD$AAAA",
+        "$7$2000000$Y1gsto3W492dVyyD$AAAA",
+        "$7$101$Y1gsto3W492dVyyD",
+        "$7$101$!!!!$hvZAE8gBWSdS7ukXF9JIHsvvbgbXY0A64eUvQ35Xfv9AVN5aRqUL41B2K5cI9Eoam6Uc6v"
+        "DpHiy0bVJ/N7PMAQ==",
+        "$7$101$Y1gsto3W492dVyyD$c2hvcnQ=",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why = NULL;
+        assert_int_equal(auth_check_encoded(bad[i], strlen(bad[i]), "secret", 6, &why),
+                         AUTH_MALFORMED);
+        assert_non_null(why);
+    }
+    char big[600];
+    memset(big, 'x', sizeof(big));
+    assert_int_equal(auth_check_encoded(big, sizeof(big), "secret", 6, &why), AUTH_MALFORMED);
+    assert_int_equal(auth_check_encoded("$7$\0", 4, "secret", 6, &why), AUTH_MALFORMED);
+}
+
 static void
 test_missing_file(void **state)
 {
@@ -180,6 +224,7 @@ main(void)
         cmocka_unit_test(test_format_refuses),
         cmocka_unit_test_setup_teardown(test_bad_lines, setup, teardown),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_encoded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
