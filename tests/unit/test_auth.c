@@ -183,6 +183,9 @@ test_encoded(void **state)
     memcpy(copy, enc, n);
     memset(copy + n, 'A', sizeof(copy) - n);
     assert_int_equal(auth_check_encoded(copy, n, "secret", 6, &why), AUTH_OK);
+    static const char bad_salt[] =
+        "$7$101$!!!!$hvZAE8gBWSdS7ukXF9JIHsvvbgbXY0A64eUvQ35Xfv9AVN5aRqUL41B2K5cI9Eoam6Uc6v"
+        "DpHiy0bVJ/N7PMAQ==";
     static const char *const bad[] = {
         "",
         "secret",
@@ -190,8 +193,7 @@ test_encoded(void **state)
         "$7$0$Y1gsto3W492dVyyD$AAAA",
         "$7$2000000$Y1gsto3W492dVyyD$AAAA",
         "$7$101$Y1gsto3W492dVyyD",
-        "$7$101$!!!!$hvZAE8gBWSdS7ukXF9JIHsvvbgbXY0A64eUvQ35Xfv9AVN5aRqUL41B2K5cI9Eoam6Uc6v"
-        "DpHiy0bVJ/N7PMAQ==",
+        bad_salt,
         "$7$101$Y1gsto3W492dVyyD$c2hvcnQ=",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
