@@ -103,7 +103,15 @@ struct http_request {
     size_t text_len;
     struct extra_header headers[MAX_EXTRA_HEADERS];
     size_t header_count;
+    struct upgrade *upgrade; /* http_reply_upgrade: handed to MHD with the 101 */
     struct http_request *susp_prev, *susp_next;
+};
+
+/* What http_reply_upgrade asked for, until MHD hands over the socket. */
+struct upgrade {
+    http_upgrade_fn fn;
+    void *arg;
+    bool called; /* MHD thread */
 };
 
 /* ---- route matching ---- */
@@ -214,6 +222,9 @@ request_free(struct http_request *req)
     free(req->path);
     free(req->body);
     free(req->text);
+    if (req->upgrade && !req->upgrade->called) /* the connection ended before its 101 */
+        req->upgrade->fn(req->upgrade->arg, -1, NULL, 0, NULL);
+    free(req->upgrade);
     free(req);
 }
 
@@ -362,6 +373,47 @@ http_reply_header(struct http_request *req, const char *name, const char *value)
     free(v);
 }
 
+bool
+http_reply_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn fn, void *arg)
+{
+    struct http_server *s = req->server;
+    struct upgrade *u = calloc(1, sizeof(*u));
+    if (u)
+        *u = (struct upgrade){fn, arg, false};
+    http_reply_header(req, MHD_HTTP_HEADER_UPGRADE, protocol);
+    pthread_mutex_lock(&s->lock);
+    if (u && !req->replied && !req->deferred && !req->upgrade && req->header_count > 0) {
+        req->upgrade = u;
+        u = NULL;
+        store_answer_locked(req, 101, NULL, NULL, 0);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (u || !req->upgrade) {
+        free(u);
+        http_reply_error(req, 500, "internal", "cannot switch protocols");
+        return false;
+    }
+    return true;
+}
+
+/* MHD thread: the 101 is sent; the socket is the upgrade's owner's now. */
+static void
+on_upgraded(void *cls, struct MHD_Connection *conn, void *req_cls, const char *extra,
+            size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    (void)conn;
+    (void)req_cls;
+    struct upgrade *u = cls;
+    u->called = true;
+    u->fn(u->arg, sock, extra, extra_len, (struct http_upgraded *)urh);
+}
+
+void
+http_upgraded_close(struct http_upgraded *conn)
+{
+    MHD_upgrade_action((struct MHD_UpgradeResponseHandle *)conn, MHD_UPGRADE_ACTION_CLOSE);
+}
+
 /* ---- request accessors ---- */
 
 const char *
@@ -438,13 +490,15 @@ queue_answer(struct http_request *req)
     char *text = req->text;
     size_t len = req->text_len;
     unsigned status = req->status;
+    struct upgrade *upgrade = req->upgrade; /* stays the request's; freed with it */
     req->text = NULL;
     req->state = REQ_ANSWERED;
     pthread_mutex_unlock(&s->lock);
 
     struct MHD_Response *resp =
-        text ? MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE)
-             : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        upgrade ? MHD_create_response_for_upgrade(on_upgraded, upgrade)
+        : text  ? MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE)
+                : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(text);
         return MHD_NO; /* MHD closes the connection */
@@ -759,7 +813,7 @@ start_daemon(struct http_server *s)
         return RMQ_INVALID;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_ERROR_LOG | MHD_ALLOW_UPGRADE;
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
         flags |= MHD_USE_EPOLL;
     if (ai->ai_family == AF_INET6)

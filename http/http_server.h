@@ -134,6 +134,31 @@ void http_reply_error(struct http_request *req, unsigned status, const char *cod
  * two per request. */
 void http_reply_header(struct http_request *req, const char *name, const char *value);
 
+/* ---- switching protocols (HTTP/1.1 Upgrade) ---- */
+
+/* An upgraded connection: its socket belongs to the upgrade's owner. */
+struct http_upgraded;
+
+/* Called once on the MHD thread: after the 101 is sent, with fd the
+ * connection's socket (non-blocking) and extra the bytes the client sent
+ * after its request (already read by MHD); the owner then reads and writes
+ * fd from any thread and ends it with http_upgraded_close, never close().
+ * Or, if the connection ended before the 101 went out, with fd -1 and conn
+ * NULL, only to release arg. */
+typedef void (*http_upgrade_fn)(void *arg, int fd, const char *extra, size_t extra_len,
+                                struct http_upgraded *conn);
+
+/* Answers 101 Switching Protocols with "Upgrade: protocol" and hands the
+ * connection to fn. Only from the handler itself (not deferred), for a
+ * request that asked for it ("Connection: Upgrade"). Returns true if fn
+ * will be called (exactly once); false if the request was answered 500
+ * instead (arg is still the caller's). */
+bool http_reply_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn fn,
+                        void *arg);
+
+/* Closes an upgraded connection (its socket). Any thread, once. */
+void http_upgraded_close(struct http_upgraded *conn);
+
 /* ---- work for a broker loop on behalf of a request ---- */
 
 struct http_job;

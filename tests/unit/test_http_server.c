@@ -5,7 +5,8 @@
  * gates, JSON errors, answers deferred to another thread, a handler that
  * forgets to answer, per-route counters, and a stop while a request is
  * suspended (answered 503, the late owner's answer dropped, nothing leaked:
- * the test build runs under AddressSanitizer). */
+ * the test build runs under AddressSanitizer), and a switch of protocols
+ * (101, the socket handed over and closed through the server). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <arpa/inet.h>
 #include <cmocka.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +148,31 @@ h_held(struct http_request *req, void *ctx)
     pthread_mutex_unlock(&held_lock);
 }
 
+/* The upgraded connection, handed over on the MHD thread. */
+static struct {
+    pthread_mutex_t lock;
+    int fd;
+    struct http_upgraded *conn;
+    char extra[64];
+} upgraded = {PTHREAD_MUTEX_INITIALIZER, -1, NULL, ""};
+
+static void
+on_upgraded(void *arg, int fd, const char *extra, size_t extra_len, struct http_upgraded *conn)
+{
+    assert_ptr_equal(arg, &upgraded);
+    pthread_mutex_lock(&upgraded.lock);
+    upgraded.fd = fd;
+    upgraded.conn = conn;
+    snprintf(upgraded.extra, sizeof(upgraded.extra), "%.*s", (int)extra_len, extra);
+    pthread_mutex_unlock(&upgraded.lock);
+}
+
+static void
+h_upgrade(struct http_request *req, void *ctx)
+{
+    assert_true(http_reply_upgrade(req, "echo", on_upgraded, &upgraded));
+}
+
 static bool
 gate(struct http_request *req, void *ctx)
 {
@@ -167,6 +194,7 @@ static const struct http_route routes[] = {
     {"GET", "/forgot", h_forgot, "forgot", HTTP_ROUTE_PUBLIC, NULL},
     {"GET", "/held", h_held, "held", HTTP_ROUTE_PUBLIC, NULL},
     {"GET", "/secret", h_sync, "secret", 0, NULL},
+    {"POST", "/up", h_upgrade, "up", HTTP_ROUTE_PUBLIC, NULL},
 };
 
 static struct http_server *
@@ -404,6 +432,73 @@ test_bad_address(void **state)
     assert_null(http_server_new(&cfg));
 }
 
+/* Reads exactly n bytes from a (possibly non-blocking) socket, 5 s at most. */
+static void
+read_exactly(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        assert_int_equal(poll(&p, 1, 5000), 1);
+        ssize_t r = recv(fd, buf + got, n - got, 0);
+        assert_true(r > 0);
+        got += (size_t)r;
+    }
+}
+
+/* 101 Switching Protocols: the socket goes to the handler's owner, who
+ * reads the bytes sent after the request (some may have come with it:
+ * extra), writes, and closes it through the server. */
+static void
+test_upgrade(void **state)
+{
+    struct http_server *s = start();
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(http_server_port(s))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "POST /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"
+                      "Content-Length: 0\r\n\r\n";
+    assert_int_equal(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    char head[1024];
+    size_t len = 0;
+    while (len < 4 || memcmp(head + len - 4, "\r\n\r\n", 4) != 0) {
+        assert_true(len < sizeof(head) - 1);
+        read_exactly(fd, head + len, 1);
+        len++;
+    }
+    head[len] = '\0';
+    assert_memory_equal(head, "HTTP/1.1 101", 12);
+    assert_non_null(strstr(head, "Upgrade: echo"));
+
+    int server_fd = -1;
+    struct http_upgraded *conn = NULL;
+    for (int i = 0; i < 500 && server_fd < 0; i++) {
+        pthread_mutex_lock(&upgraded.lock);
+        server_fd = upgraded.fd;
+        conn = upgraded.conn;
+        pthread_mutex_unlock(&upgraded.lock);
+        if (server_fd < 0)
+            usleep(10 * 1000);
+    }
+    assert_true(server_fd >= 0);
+    assert_string_equal(upgraded.extra, "");
+    char buf[4];
+    assert_int_equal(send(fd, "ping", 4, MSG_NOSIGNAL), 4);
+    read_exactly(server_fd, buf, 4);
+    assert_memory_equal(buf, "ping", 4);
+    assert_int_equal(send(server_fd, "pong", 4, MSG_NOSIGNAL), 4);
+    read_exactly(fd, buf, 4);
+    assert_memory_equal(buf, "pong", 4);
+
+    http_upgraded_close(conn);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    assert_true(recv(fd, buf, sizeof(buf), 0) <= 0); /* closed by the server */
+    close(fd);
+    http_server_free(s);
+}
+
 int
 main(void)
 {
@@ -415,6 +510,7 @@ main(void)
         cmocka_unit_test(test_deferred_answer_and_metrics),
         cmocka_unit_test(test_stop_answers_suspended_requests),
         cmocka_unit_test(test_bad_address),
+        cmocka_unit_test(test_upgrade),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
