@@ -362,40 +362,74 @@ struct body {
     const char *type;
 };
 
+/* The signature headers' values for one request. */
+struct signature {
+    char nonce[17], ts[24], sig[HMAC_HEX_LEN + 1];
+};
+
 static enum rmq_status
-prepare(struct peer_client *pc, struct evhttp_request *req, const char *address, const char *method,
-        const char *path, const struct body *body)
+sign(const struct peer_client *pc, const char *method, const char *path, const void *body,
+     size_t body_len, struct signature *out)
 {
     uint8_t random[8];
-    char nonce[2 * sizeof(random) + 1];
     if (RAND_bytes(random, sizeof(random)) != 1)
         return RMQ_NOMEM;
     for (size_t i = 0; i < sizeof(random); i++)
-        snprintf(nonce + 2 * i, 3, "%02x", random[i]);
+        snprintf(out->nonce + 2 * i, 3, "%02x", random[i]);
     struct hmac_message msg = {
         .method = method,
         .path = path,
         .timestamp_ms = clock_wall_ms(),
-        .nonce = nonce,
+        .nonce = out->nonce,
         .node = pc->node_id,
-        .body = body->data,
-        .body_len = body->data ? body->len : 0,
+        .body = body,
+        .body_len = body ? body_len : 0,
     };
-    char sig[HMAC_HEX_LEN + 1], ts[24];
-    if (hmac_sign(pc->secret, strlen(pc->secret), &msg, sig) != RMQ_OK)
+    if (hmac_sign(pc->secret, strlen(pc->secret), &msg, out->sig) != RMQ_OK)
         return RMQ_INVALID;
-    snprintf(ts, sizeof(ts), "%llu", (unsigned long long)msg.timestamp_ms);
+    snprintf(out->ts, sizeof(out->ts), "%llu", (unsigned long long)msg.timestamp_ms);
+    return RMQ_OK;
+}
+
+enum rmq_status
+peer_client_sign_headers(const struct peer_client *pc, const char *method, const char *path,
+                         char *out, size_t cap)
+{
+    struct signature sg;
+    enum rmq_status st = sign(pc, method, path, NULL, 0, &sg);
+    if (st != RMQ_OK)
+        return st;
+    int n = snprintf(out, cap, "%s: %s\r\n%s: %s\r\n%s: %s\r\n%s: %s\r\n", HMAC_HEADER_NODE,
+                     pc->node_id, HMAC_HEADER_TIMESTAMP, sg.ts, HMAC_HEADER_NONCE, sg.nonce,
+                     HMAC_HEADER_SIGNATURE, sg.sig);
+    return n < 0 || (size_t)n >= cap ? RMQ_LIMIT : RMQ_OK;
+}
+
+enum rmq_status
+peer_client_split_address(const char *address, char *host, size_t hostlen, uint16_t *port)
+{
+    return split_host_port(address, host, hostlen, port);
+}
+
+static enum rmq_status
+prepare(struct peer_client *pc, struct evhttp_request *req, const char *address, const char *method,
+        const char *path, const struct body *body)
+{
+    struct signature sg;
+    enum rmq_status st = sign(pc, method, path, body->data, body->len, &sg);
+    if (st != RMQ_OK)
+        return st;
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (evhttp_add_header(h, "Host", address) ||
         evhttp_add_header(h, "Accept", "application/json") ||
         evhttp_add_header(h, HMAC_HEADER_NODE, pc->node_id) ||
-        evhttp_add_header(h, HMAC_HEADER_TIMESTAMP, ts) ||
-        evhttp_add_header(h, HMAC_HEADER_NONCE, nonce) ||
-        evhttp_add_header(h, HMAC_HEADER_SIGNATURE, sig))
+        evhttp_add_header(h, HMAC_HEADER_TIMESTAMP, sg.ts) ||
+        evhttp_add_header(h, HMAC_HEADER_NONCE, sg.nonce) ||
+        evhttp_add_header(h, HMAC_HEADER_SIGNATURE, sg.sig))
         return RMQ_NOMEM;
     if (body->data && (evhttp_add_header(h, "Content-Type", body->type) ||
                        evbuffer_add(evhttp_request_get_output_buffer(req), body->data,
-                                    msg.body_len)))
+                                    body->len)))
         return RMQ_NOMEM;
     return RMQ_OK;
 }

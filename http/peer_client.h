@@ -93,6 +93,18 @@ void peer_client_close_remote(void *ctx, const char *node, const char *addr, uin
                               uint64_t channel, const char *reason,
                               void (*done)(void *arg, bool unreached), void *arg);
 
+/* For a caller speaking HTTP itself on its own connection (the forward
+ * link, cluster/forward_send.c): writes the four signature header lines
+ * ("Name: value" and CRLF each) of a request without a body into out.
+ * RMQ_LIMIT if cap is too small; RMQ_INVALID or RMQ_NOMEM as hmac_sign. */
+enum rmq_status peer_client_sign_headers(const struct peer_client *pc, const char *method,
+                                         const char *path, char *out, size_t cap);
+
+/* Splits "host:port" or "[v6]:port" (the brackets dropped). RMQ_INVALID
+ * if it is neither or host does not fit in hostlen. */
+enum rmq_status peer_client_split_address(const char *address, char *host, size_t hostlen,
+                                          uint16_t *port);
+
 /* Percent-encodes one path segment (everything but unreserved
  * characters). malloc'd; NULL on failure. */
 char *peer_client_escape(const char *segment);
