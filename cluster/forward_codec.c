@@ -46,6 +46,34 @@ forward_frame_write(uint8_t *out, const struct forward_frame *f)
         memcpy(p + 4, f->payload, f->payload_len);
 }
 
+enum rmq_status
+forward_frame_peek(const uint8_t *buf, size_t avail, size_t *len)
+{
+    if (avail < 3)
+        return RMQ_AGAIN;
+    uint8_t flags = buf[0];
+    size_t extra = 0;
+    if ((flags & ~63u) || (flags & 3u) == 3u || ((flags & 48u) && !(flags & 8u)) ||
+        (flags & 48u) == 48u)
+        return RMQ_PROTOCOL;
+    if (flags & 8u) {
+        extra = 3 + ((size_t)buf[1] << 8 | buf[2]);
+        if (avail < extra + 3)
+            return RMQ_AGAIN;
+        buf += extra;
+        avail -= extra;
+    }
+    size_t tlen = (size_t)buf[1] << 8 | buf[2];
+    if (avail < 3 + tlen + 4)
+        return RMQ_AGAIN;
+    const uint8_t *p = buf + 3 + tlen;
+    size_t plen = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+    if (plen > FORWARD_MAX_PAYLOAD)
+        return RMQ_PROTOCOL;
+    *len = extra + FORWARD_FRAME_OVERHEAD + tlen + plen;
+    return RMQ_OK;
+}
+
 static enum rmq_status
 frame_next(const uint8_t *buf, size_t len, size_t *pos, struct forward_frame *f, bool check_topic)
 {

@@ -71,6 +71,13 @@ void forward_frame_write(uint8_t *out, const struct forward_frame *f);
 enum rmq_status forward_frame_next(const uint8_t *buf, size_t len, size_t *pos,
                                    struct forward_frame *f);
 
+/* For a stream of frames: the length of the frame starting at buf, of
+ * which avail bytes have arrived. RMQ_OK (*len may exceed avail: wait for
+ * the rest), RMQ_AGAIN (too few bytes to tell), RMQ_PROTOCOL (it cannot be
+ * a frame: bad flags, a payload too large). The frame's contents are
+ * checked by forward_frame_next once it is whole. */
+enum rmq_status forward_frame_peek(const uint8_t *buf, size_t avail, size_t *len);
+
 /* forward_frame_next for a buffer whose every frame forward_frame_next
  * already accepted (a second pass over a received batch): the framing is
  * still bounds-checked, the topics are not validated again. */

@@ -4,7 +4,8 @@
  * mixed batch walked to its end, every truncation of that batch, and
  * malformed frames refused with RMQ_PROTOCOL (bad flags, QoS 3, an empty
  * target, a repeated flags byte that differs, wildcards, invalid UTF-8,
- * lengths past the end). Every buffer handed to the decoder is malloc'd to
+ * lengths past the end), and a stream's frames told apart from every
+ * prefix (forward_frame_peek). Every buffer handed to the decoder is malloc'd to
  * its exact size (not test_malloc, whose guard bytes would hide an
  * over-read), so the address sanitizer catches any read past the end. */
 #include <setjmp.h>
@@ -749,6 +750,46 @@ test_lengths_beyond_buffer(void **state)
     free(buf);
 }
 
+/* forward_frame_peek on every prefix of a stream of frames: too few bytes
+ * to tell (RMQ_AGAIN) until the lengths are in, then the whole frame's
+ * length, whatever follows; bad flags and an oversized payload at once. */
+static void
+test_peek_prefixes(void **state)
+{
+    static const uint8_t payload[300] = {7};
+    const struct forward_frame frames[] = {
+        {.topic = "a/b", .topic_len = 3, .payload = payload, .payload_len = 300, .qos = 1},
+        {.topic = "t", .topic_len = 1, .payload = payload, .payload_len = 0, .qos = 2,
+         .target = "client-9", .target_len = 8},
+    };
+    for (size_t k = 0; k < N_ELEMS(frames); k++) {
+        size_t len;
+        uint8_t *buf = encode(&frames[k], &len);
+        /* header bytes before the payload: flags, [target], topic, payload length */
+        size_t header = len - frames[k].payload_len;
+        for (size_t avail = 0; avail <= len; avail++) {
+            uint8_t *prefix = exact_copy(buf, avail);
+            size_t need = 0;
+            enum rmq_status st = forward_frame_peek(prefix, avail, &need);
+            if (avail < header) {
+                assert_int_equal(st, RMQ_AGAIN);
+            } else {
+                assert_int_equal(st, RMQ_OK);
+                assert_int_equal(need, len);
+            }
+            free(prefix);
+        }
+        free(buf);
+    }
+    static const uint8_t bad_flags[] = {0xC1, 0, 1, 'x', 0, 0, 0, 0};
+    static const uint8_t qos3[] = {0x03, 0, 1, 'x', 0, 0, 0, 0};
+    static const uint8_t too_large[] = {0x00, 0, 1, 'x', 0x10, 0, 0, 0};
+    size_t need;
+    assert_int_equal(forward_frame_peek(bad_flags, sizeof(bad_flags), &need), RMQ_PROTOCOL);
+    assert_int_equal(forward_frame_peek(qos3, sizeof(qos3), &need), RMQ_PROTOCOL);
+    assert_int_equal(forward_frame_peek(too_large, sizeof(too_large), &need), RMQ_PROTOCOL);
+}
+
 int
 main(void)
 {
@@ -771,6 +812,7 @@ main(void)
         cmocka_unit_test(test_wildcard_topics),
         cmocka_unit_test(test_invalid_utf8_topics),
         cmocka_unit_test(test_lengths_beyond_buffer),
+        cmocka_unit_test(test_peek_prefixes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
