@@ -500,6 +500,7 @@ fail:
     sessions_drain(sessions, 4000);
     forwarder_drain(forwarder, 3000);
     routes_free(routes); /* leaves the route table while the link is still up */
+    forwarder_stop_streams(forwarder);
     internal_api_stop(apis.internal);
     sessions_stop(sessions);
     cluster_free(cluster);

@@ -36,7 +36,7 @@ recv_destroy(struct http_job *base)
 }
 
 /* Routes one frame: to the local subscribers, or to one session. */
-static void
+void
 deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_up)
 {
     *backed_up = false;
@@ -193,6 +193,6 @@ handle_forward(struct http_request *req, void *ctx)
 const struct http_route *
 forwarder_internal_routes(struct forwarder *f, size_t *count)
 {
-    *count = 1;
-    return &f->route;
+    *count = sizeof(f->http_routes) / sizeof(f->http_routes[0]);
+    return f->http_routes;
 }

@@ -185,14 +185,11 @@ rescue_on_node_left(void *ctx, const char *node)
         if (r)
             rescue_free(r);
     }
-    /* A request in flight answers later (ignored); one waiting for its
-     * retry is simply not made. */
-    bool in_flight = l->sending && !evtimer_pending(l->retry, NULL);
+    /* Its stream (if any) goes; what it held is the rescue's now. */
+    link_disconnect(l);
     evtimer_del(l->retry);
-    l->abandoned = in_flight;
-    if (!in_flight)
-        l->sending = l->sending_frames = 0;
-    l->head = l->len = 0;
+    l->seq_head += l->len - l->head;
+    l->head = l->sent = l->len = 0;
     l->frames = 0;
     l->tries = 0;
     l->down = false;

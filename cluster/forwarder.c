@@ -1,22 +1,23 @@
 /* Node-to-node forwarding; see forwarder.h.
  *
  * Each peer has a struct link: a byte buffer of encoded frames
- * (cluster/forward_codec.h) from `head` to `len`, and at most one request
- * in flight carrying the first `sending` bytes of it. Frames are appended
- * as messages are routed; one flush per loop iteration (an event made
- * active by the first append) starts a request for every idle peer with
- * data. A failed request is sent again after a pause; only a success (or
- * the last failure) moves `head`. Links live until the forwarder is freed
- * (an idle link holds no buffer).
+ * (cluster/forward_codec.h) from `head` to `len`, written to a stream to
+ * the peer (forward_send.c) up to `sent`. Frames are appended as messages
+ * are routed; one flush per loop iteration (an event made active by the
+ * first append) writes to every peer's stream. Only the peer's
+ * acknowledgement moves `head`; a broken stream is made again after a
+ * pause and written again from `head`. Links live until the forwarder is
+ * freed (an idle link holds no buffer).
  *
- * Receiving is in forward_receive.c; rescuing what a node that left did
- * not take (durable sessions) in forward_rescue.c; the state they share in
- * forwarder_internal.h. Loop thread only. */
+ * Receiving is in forward_stream.c and forward_receive.c; rescuing what a
+ * node that left did not take (durable sessions) in forward_rescue.c; the
+ * state they share in forwarder_internal.h. Loop thread only. */
 #include "cluster/forwarder.h"
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +43,6 @@
 #define DOWN_RETRY_MS 500 /* durable: a peer that is down is tried this often */
 #define RETAINED_SCAN 500
 #define FORWARD_PATH "/internal/v1/forward"
-#define BATCH_TYPE "application/x-relaymq-batch"
 #define SYS_LOCAL "$SYS/broker/" /* not "$SYS/brokers/": cluster events do travel */
 #define SYS_LOCAL_LEN (sizeof(SYS_LOCAL) - 1)
 
@@ -54,6 +54,7 @@ link_free(void *v)
     struct link *l = v;
     if (!l)
         return;
+    link_disconnect(l);
     if (l->retry)
         event_free(l->retry);
     free(l->buf);
@@ -75,6 +76,7 @@ link_get(struct forwarder *f, const char *node, const char *addr)
             if (copy) {
                 free(l->addr);
                 l->addr = copy;
+                link_disconnect(l);
             }
         }
         return l;
@@ -83,6 +85,9 @@ link_get(struct forwarder *f, const char *node, const char *addr)
         return NULL;
     memcpy(l->node, node, n + 1);
     l->f = f;
+    l->fd = -1;
+    if (RAND_bytes((unsigned char *)&l->id, sizeof(l->id)) != 1)
+        l->id = clock_wall_ms() ^ (uintptr_t)l;
     l->by_addr = strcmp(node, addr) == 0;
     l->addr = strdup(addr);
     l->retry = evtimer_new(f->base, on_retry, l);
@@ -99,6 +104,8 @@ void
 marks_forget(struct link *l, size_t head, size_t shift)
 {
     size_t drop = 0;
+    if (!l->mark_count)
+        return; /* none kept (not durable) */
     while (drop + 1 < l->mark_count && l->marks[drop + 1].off <= head)
         drop++;
     l->mark_count -= drop;
@@ -127,13 +134,14 @@ mark_now(struct link *l)
 static bool
 reserve(struct link *l, size_t more)
 {
-    if (l->head > 0 && l->head == l->len && !l->sending) {
-        l->head = l->len = 0; /* everything sent: start over */
+    if (l->head > 0 && l->head == l->len) {
+        l->head = l->sent = l->len = 0; /* everything taken: start over */
         l->mark_count = 0;
-    } else if (l->head > l->cap / 2 && !l->sending) {
+    } else if (l->head > l->cap / 2) {
         memmove(l->buf, l->buf + l->head, l->len - l->head);
         marks_forget(l, l->head, l->head);
         l->len -= l->head;
+        l->sent -= l->head;
         l->head = 0;
     }
     if (l->len + more <= l->cap)
@@ -202,38 +210,81 @@ maybe_resume(struct forwarder *f)
     broker_forward_resume(f->broker);
 }
 
-/* ---- sending ---- */
+/* ---- acknowledgements and failures ---- */
 
-static void send_next(struct link *l);
+/* Forgets the first bytes of the link's buffer (taken, or dropped): n
+ * bytes holding frames frames. */
+static void
+link_forget(struct link *l, size_t n, size_t frames)
+{
+    l->head += n;
+    l->seq_head += n;
+    if (l->sent < l->head)
+        l->sent = l->head;
+    l->frames -= frames;
+    if (l->mark_count > 1)
+        marks_forget(l, l->head, 0);
+}
 
 static void
-on_sent(const struct peer_result *res, void *arg)
+link_settled(struct forwarder *f)
 {
-    struct link *l = arg;
+    maybe_resume(f);
+    if (f->draining && forwarder_pending(f) == 0)
+        event_base_loopbreak(f->base);
+}
+
+void
+link_acked(struct link *l, uint64_t seq)
+{
     struct forwarder *f = l->f;
-    bool ok = res->error == PEER_OK && res->status >= 200 && res->status < 300;
-    if (l->abandoned) { /* its bytes went to a rescue */
-        l->abandoned = false;
-        l->sending = l->sending_frames = 0;
-        l->tries = 0;
-        if (res->error != PEER_CANCELLED)
-            send_next(l);
+    if (seq < l->seq_head || seq - l->seq_head > l->sent - l->head) {
+        link_failed(l, "acknowledgement out of range");
         return;
     }
-    if (!ok && res->error != PEER_CANCELLED && ++l->tries < MAX_TRIES) {
+    size_t n = (size_t)(seq - l->seq_head), at = l->head, frames = 0;
+    while (at < l->head + n) {
+        at += forward_frame_len(l->buf + at);
+        frames++;
+    }
+    if (at != l->head + n) {
+        link_failed(l, "acknowledgement inside a frame");
+        return;
+    }
+    l->since_ms = clock_monotonic_ms(); /* alive, even if paused (n == 0) */
+    if (n == 0)
+        return;
+    if (l->down)
+        log_info("forward to node %s (%s): answering again", l->node, l->addr);
+    l->down = false;
+    l->tries = 0;
+    f->sent_msgs += frames;
+    f->sent_bytes += n;
+    f->batches++;
+    link_forget(l, n, frames);
+    link_settled(f);
+}
+
+void
+link_failed(struct link *l, const char *why)
+{
+    struct forwarder *f = l->f;
+    link_disconnect(l);
+    evtimer_del(l->retry);
+    if (++l->tries < MAX_TRIES) {
         f->retries++;
         struct timeval tv = {0, (suseconds_t)(RETRY_MS * l->tries) * 1000};
         evtimer_add(l->retry, &tv);
         return;
     }
-    if (!ok && res->error != PEER_CANCELLED && f->cfg->durable && !l->by_addr) {
+    if (f->cfg->durable && !l->by_addr) {
         /* Durable: nothing is dropped for a node that does not answer. It
          * is retried until it answers or leaves (then its messages are
          * rescued); meanwhile it no longer holds publishers back. */
         if (!l->down)
-            log_warn("forward to node %s (%s): not answering (%s, HTTP %d); keeping its "
-                     "messages until it answers or leaves",
-                     l->node, l->addr, peer_error_name(res->error), res->status);
+            log_warn("forward to node %s (%s): not answering (%s); keeping its messages until "
+                     "it answers or leaves",
+                     l->node, l->addr, why);
         l->down = true;
         f->retries++;
         maybe_resume(f);
@@ -241,59 +292,13 @@ on_sent(const struct peer_result *res, void *arg)
         evtimer_add(l->retry, &tv);
         return;
     }
-    if (ok && l->down) {
-        log_info("forward to node %s (%s): answering again", l->node, l->addr);
-        l->down = false;
-    }
-    if (ok) {
-        f->sent_msgs += l->sending_frames;
-        f->sent_bytes += l->sending;
-        f->batches++;
-    } else {
-        f->dropped_failed += l->sending_frames;
-        log_warn("forward to node %s (%s): %zu message(s) dropped after %d tries (%s, HTTP %d)",
-                 l->node, l->addr, l->sending_frames, l->tries, peer_error_name(res->error),
-                 res->status);
-    }
-    l->head += l->sending;
-    l->frames -= l->sending_frames;
-    if (l->mark_count > 1)
-        marks_forget(l, l->head, 0);
-    l->sending = l->sending_frames = 0;
+    if (l->frames)
+        log_warn("forward to node %s (%s): %zu message(s) dropped after %d tries (%s)", l->node,
+                 l->addr, l->frames, l->tries, why);
+    f->dropped_failed += l->frames;
+    link_forget(l, l->len - l->head, l->frames);
     l->tries = 0;
-    if (res->error != PEER_CANCELLED) {
-        maybe_resume(f);
-        send_next(l);
-        if (f->draining && forwarder_pending(f) == 0)
-            event_base_loopbreak(f->base);
-    }
-}
-
-static void
-post_batch(struct link *l)
-{
-    struct forwarder *f = l->f;
-    if (peer_client_request_raw(f->peers, l->addr, "POST", FORWARD_PATH, l->buf + l->head,
-                                l->sending, BATCH_TYPE, on_sent, l) != RMQ_OK) {
-        /* Cannot even be queued (bad address, no memory): count as a failed try. */
-        struct peer_result res = {.error = PEER_BROKEN};
-        on_sent(&res, l);
-    }
-}
-
-static void
-send_next(struct link *l)
-{
-    if (l->sending || l->head == l->len)
-        return;
-    size_t at = l->head, frames = 0;
-    while (at < l->len && (frames == 0 || at - l->head + forward_frame_len(l->buf + at) <= l->f->cfg->max_batch)) {
-        at += forward_frame_len(l->buf + at);
-        frames++;
-    }
-    l->sending = at - l->head;
-    l->sending_frames = frames;
-    post_batch(l);
+    link_settled(f);
 }
 
 static void
@@ -301,7 +306,7 @@ on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    post_batch(arg);
+    link_send(arg);
 }
 
 static void
@@ -316,7 +321,7 @@ on_flush(evutil_socket_t fd, short what, void *arg)
     size_t len;
     void *v;
     while (hashmap_next(f->links, &pos, &key, &len, &v))
-        send_next(v);
+        link_send(v);
 }
 
 /* ---- retained messages in Redis ---- */
@@ -607,11 +612,13 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
     f->peers = peers;
     f->cfg = cfg;
     snprintf(f->key_retained, sizeof(f->key_retained), "%sretained", cfg->prefix);
-    f->route = (struct http_route){"POST", FORWARD_PATH, handle_forward, "forward", 0, f};
+    f->http_routes[0] = (struct http_route){"POST", LINK_PATH "/{id}/{seq}", handle_link, "link", 0, f};
+    f->http_routes[1] = (struct http_route){"POST", FORWARD_PATH, handle_forward, "forward", 0, f};
     f->links = hashmap_new(link_free);
     f->share_turns = hashmap_new(NULL);
+    f->streams = hashmap_new(free);
     f->flush_ev = event_new(base, -1, 0, on_flush, f);
-    if (!f->links || !f->share_turns || !f->flush_ev || cluster_add_up_listener(cluster, on_redis_up, f) != RMQ_OK) {
+    if (!f->links || !f->share_turns || !f->streams || !f->flush_ev || cluster_add_up_listener(cluster, on_redis_up, f) != RMQ_OK) {
         log_error("forwarder: cannot start");
         forwarder_free(f);
         return NULL;
@@ -643,11 +650,20 @@ forwarder_free(struct forwarder *f)
             log_info("forward to node %s: %zu message(s) not sent at shutdown", l->node, l->frames);
     }
     rescue_abandon_all(f);
+    streams_close_all(f);
+    hashmap_free(f->streams);
     hashmap_free(f->links);
     hashmap_free(f->share_turns);
     if (f->flush_ev)
         event_free(f->flush_ev);
     free(f);
+}
+
+void
+forwarder_stop_streams(struct forwarder *f)
+{
+    if (f)
+        streams_close_all(f);
 }
 
 void
@@ -689,6 +705,10 @@ forwarder_write_metrics(FILE *out, void *arg)
             f->recv_pauses);
     fprintf(out, "relaymq_forward_batches_total{direction=\"in\",outcome=\"malformed\"} %" PRIu64 "\n",
             (uint64_t)f->recv_bad);
+    metrics_family(out, "relaymq_forward_streams_total", "counter",
+                   "node-to-node streams opened to other nodes (out) and from them (in)");
+    fprintf(out, "relaymq_forward_streams_total{direction=\"out\"} %" PRIu64 "\n", f->streams_out);
+    fprintf(out, "relaymq_forward_streams_total{direction=\"in\"} %" PRIu64 "\n", f->streams_in);
     metrics_family(out, "relaymq_forward_redirects_total", "counter",
                    "messages for a session that moved, sent on (out) and delivered (in)");
     fprintf(out, "relaymq_forward_redirects_total{direction=\"out\"} %" PRIu64 "\n",

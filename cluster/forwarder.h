@@ -63,8 +63,13 @@ size_t forwarder_pending(const struct forwarder *f);
  * NULL-safe. */
 void forwarder_drain(struct forwarder *f, uint64_t timeout_ms);
 
-/* The internal API route that receives batches (POST /internal/v1/forward);
- * its arg is f. */
+/* Closes the streams other nodes opened to this one (before the internal
+ * API stops: their sockets are its connections). NULL-safe. */
+void forwarder_stop_streams(struct forwarder *f);
+
+/* The internal API routes that receive forwarded messages: streams (POST
+ * /internal/v1/link/{id}/{seq}, see cluster/forward_send.c) and batches
+ * from nodes of older versions (POST /internal/v1/forward); their arg is f. */
 const struct http_route *forwarder_internal_routes(struct forwarder *f, size_t *count);
 
 /* A /metrics source: messages and bytes sent and received, batches,

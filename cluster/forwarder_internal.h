@@ -1,8 +1,10 @@
-/* State shared by the forwarder's files: forwarder.c (links, sending,
+/* State shared by the forwarder's files: forwarder.c (links' buffers,
  * retained messages in Redis, shared subscriptions, the broker's hook, life
- * cycle), forward_receive.c (batches from other nodes) and forward_rescue.c
- * (durable sessions: what a node that left did not take). Loop thread
- * only, except the receiving route's handler. */
+ * cycle), forward_send.c (a link's stream to its node), forward_stream.c
+ * (streams from other nodes), forward_receive.c (routing received frames;
+ * batches from nodes of older versions) and forward_rescue.c (durable
+ * sessions: what a node that left did not take). Loop thread only, except
+ * the receiving routes' handlers. */
 #ifndef RMQ_CLUSTER_FORWARDER_INTERNAL_H
 #define RMQ_CLUSTER_FORWARDER_INTERNAL_H
 
@@ -23,18 +25,32 @@ struct forward_frame;
 struct rescue;
 
 struct forwarder;
+struct rlink;
 
+#define LINK_PATH "/internal/v1/link" /* + "/{id}/{seq}": a link's stream starts */
+#define LINK_PROTOCOL "relaymq-link"
+
+enum link_state { LINK_CLOSED, LINK_CONNECTING, LINK_HANDSHAKE, LINK_OPEN };
+
+/* One peer's link: frames waiting in buf from head (not yet acknowledged)
+ * to len; those from head to sent are written to the stream. */
 struct link {
     struct forwarder *f;
     uint8_t *buf;
-    size_t head, len, cap;
-    size_t sending;        /* bytes of the request in flight (0 = idle) */
-    size_t sending_frames;
-    size_t frames;         /* frames in [head, len) */
+    size_t head, sent, len, cap;
+    size_t frames;     /* frames in [head, len) */
+    uint64_t seq_head; /* stream position of buf[head] */
+    uint64_t id;       /* random: names the link's stream to the receiver */
     int tries;
-    bool down;      /* durable: MAX_TRIES failed in a row; kept, retried, no back-pressure */
-    bool abandoned; /* the request in flight was for a node that left: ignore its answer */
-    bool by_addr;   /* a redirect link, named by its address: never held */
+    bool down;    /* durable: MAX_TRIES failed in a row; kept, retried, no back-pressure */
+    bool by_addr; /* a redirect link, named by its address: never held */
+    /* the stream (forward_send.c) */
+    enum link_state state;
+    int fd;
+    struct event *rev, *wev, *watch;
+    uint64_t since_ms; /* connecting since, or waiting for an ack since */
+    uint8_t in[512];   /* the handshake's answer, then a partial ack */
+    size_t in_len;
     /* durable: when frames were routed, one mark per MARK_MS at most (the
      * first frame at or after off was routed at ms); for a rescue. */
     struct mark {
@@ -59,15 +75,18 @@ struct forwarder {
     bool flush_pending;
     bool paused; /* publishers are paused for a full backlog */
     bool draining; /* forwarder_drain is running the loop */
-    struct http_route route;
+    struct http_route http_routes[2]; /* the stream, the batch */
     char key_retained[512];
     /* counters */
     uint64_t sent_msgs, sent_bytes, batches, retries, dropped_full, dropped_failed;
     uint64_t recv_msgs, recv_batches, recv_pauses, retained_loaded, retained_errors;
     uint64_t redirects_out, redirects_in, shared_out, shared_in, shared_lost;
     uint64_t rescued_out, rescued_in, rescue_lost, barriers_failed;
+    uint64_t streams_out, streams_in; /* streams opened to and from other nodes */
     struct rescue *rescues; /* waiting for RESCUE_DELAY_MS */
     struct hashmap *share_turns; /* group key -> next turn (uintptr_t) */
+    struct hashmap *streams; /* link id (8 bytes) -> struct stream_seen (forward_stream.c) */
+    struct rlink *rlinks;    /* streams from other nodes, open */
     _Atomic uint64_t recv_bad; /* counted on the HTTP thread */
     /* per-message scratch for the routes callback */
     const struct forward_frame *frame;
@@ -95,10 +114,41 @@ void maybe_resume(struct forwarder *f);
 void forward_shared(struct forwarder *f, const struct broker_message *m, const char *only_key,
                     size_t only_len);
 
+/* A link's unacknowledged bytes up to seq are taken: moves head. */
+void link_acked(struct link *l, uint64_t seq);
+
+/* A link's stream failed (why: for the log): retried after a pause, or
+ * given up on after MAX_TRIES (durable: marked down; otherwise what it
+ * holds is dropped). */
+void link_failed(struct link *l, const char *why);
+
+/* ---- forward_send.c ---- */
+
+/* Writes what the link holds to its stream, connecting first if needed
+ * (not while a retry waits). */
+void link_send(struct link *l);
+
+/* Closes the link's stream (what was written and not acknowledged is
+ * written again on the next one). */
+void link_disconnect(struct link *l);
+
+/* ---- forward_stream.c ---- */
+
+/* The link route's handler (HTTP thread): switches the connection to a
+ * stream of frames, handed to the broker loop. */
+void handle_link(struct http_request *req, void *ctx);
+
+/* Closes every stream from other nodes (before the internal API stops). */
+void streams_close_all(struct forwarder *f);
+
 /* ---- forward_receive.c ---- */
 
-/* The route's handler (HTTP thread): checks the batch, posts it to the
- * broker loop, which routes it and answers. */
+/* Routes one received frame: to the local subscribers, or to one session,
+ * group or restored sessions; *backed_up as broker_api_route_remote. */
+void deliver_frame(struct forwarder *f, const struct forward_frame *fr, bool *backed_up);
+
+/* The batch route's handler (HTTP thread; nodes of older versions): checks
+ * the batch, posts it to the broker loop, which routes it and answers. */
 void handle_forward(struct http_request *req, void *ctx);
 
 /* ---- forward_rescue.c ---- */

@@ -8,8 +8,6 @@ secret accept each other's signatures; a node with another secret does not.
 (The C test tests/unit/test_peer_client.c sends from the broker's own peer
 client to a real internal API.)"""
 import base64
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -20,6 +18,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+import internal_sign  # noqa: E402
 
 SECRET = "it-secret-" + secrets.token_hex(8)
 KEY = "it-key"
@@ -36,15 +35,9 @@ T = h.Tests(internal="%s:%d" % (h.HOST, INTERNAL_PORT), cluster_secret=SECRET,
 # Signing, as a peer node does
 
 
-def sign(method, path, body=b"", secret=SECRET, node="node-a", ts=None, nonce=None):
+def sign(method, path, body=b"", secret=SECRET, **kw):
     """The four headers of a signed request (docs/api.md, "Signing")."""
-    ts = str(int(time.time() * 1000) if ts is None else ts)
-    nonce = nonce or secrets.token_hex(8)
-    canonical = "\n".join(["RELAYMQ-HMAC-SHA256-V1", method, path, ts, nonce, node,
-                           hashlib.sha256(body).hexdigest()])
-    sig = hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
-    return {"X-RelayMQ-Node": node, "X-RelayMQ-Timestamp": ts, "X-RelayMQ-Nonce": nonce,
-            "X-RelayMQ-Signature": sig}
+    return internal_sign.sign(method, path, body, secret=secret, **kw)
 
 
 class Reply:

@@ -1,6 +1,6 @@
 """Cross-node message routing (issue 6, first part): the replicated route
-table (P routes:{node} sets, the P routes channel), forwarding in batches
-over POST /internal/v1/forward, retained messages cluster-wide (the
+table (P routes:{node} sets, the P routes channel), forwarding over
+node-to-node streams (POST /internal/v1/link, test_35), retained messages cluster-wide (the
 P retained hash) and which $SYS topics travel. docs/cluster.md is the
 contract under test.
 
