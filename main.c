@@ -498,8 +498,13 @@ fail:
     }
     bridge_writer_drain(bridge, 3000);
     sessions_drain(sessions, 4000);
-    forwarder_drain(forwarder, 3000);
+    forwarder_drain(forwarder, 3000, 0);
+    forwarder_leave(forwarder);
     routes_free(routes); /* leaves the route table while the link is still up */
+    /* Peers learn it within milliseconds; what they sent meanwhile is still
+     * taken (a moved session's messages redirected), until 100 ms pass
+     * without any. */
+    forwarder_drain(forwarder, 1000, 100);
     forwarder_stop_streams(forwarder);
     internal_api_stop(apis.internal);
     sessions_stop(sessions);

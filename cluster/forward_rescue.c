@@ -104,7 +104,8 @@ rescue_frame(struct forwarder *f, const char *dead, uint64_t routed_ms,
     out.target_len = FORWARD_RESCUE_TIME + n;
     out.rescued = true;
     f->frame = &out;
-    routes_foreach_node(f->routes, append_rescued, f);
+    if (f->routes)
+        routes_foreach_node(f->routes, append_rescued, f);
     f->frame = NULL;
 }
 

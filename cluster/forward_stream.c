@@ -39,6 +39,8 @@
 
 #define STREAM_BUF (256u * 1024) /* read buffer; grows for a larger frame */
 #define MAX_SEEN 4096            /* remembered link ids; closed ones are forgotten beyond */
+#define ACK_BYTES (256u * 1024) /* routed and not acknowledged: acknowledge at once */
+#define ACK_DELAY_MS 2           /* below that, this much later (fewer wake-ups for the sender) */
 #define KEEPALIVE_MS 1000        /* a paused stream repeats its acknowledgement this often */
 
 /* How far one link's frames were routed here (any of its streams). */
@@ -53,7 +55,7 @@ struct rlink {
     struct rlink *prev, *next;
     struct http_upgraded *conn;
     int fd;
-    struct event *rev, *resume;
+    struct event *rev, *resume, *ack_later;
     struct stream_seen *seen;
     uint8_t *buf;
     size_t pos, len, cap; /* bytes not routed yet: [pos, len) */
@@ -103,6 +105,8 @@ stream_close(struct rlink *rl, bool bad, const char *why)
         event_free(rl->rev);
     if (rl->resume)
         event_free(rl->resume);
+    if (rl->ack_later)
+        event_free(rl->ack_later);
     http_upgraded_close(rl->conn);
     free(rl->buf);
     if (rl->barrier)
@@ -284,8 +288,20 @@ stream_route(struct rlink *rl)
         make_room(rl, 0);
     if (!paused && !event_pending(rl->rev, EV_READ, NULL))
         event_add(rl->rev, NULL); /* after a pause */
-    if (rl->seq > rl->acked)
+    if (rl->seq - rl->acked >= ACK_BYTES || f->cfg->durable) {
         stream_ack(rl); /* last: it may close the stream */
+    } else if (rl->seq > rl->acked && !evtimer_pending(rl->ack_later, NULL)) {
+        struct timeval tv = {0, ACK_DELAY_MS * 1000};
+        evtimer_add(rl->ack_later, &tv);
+    }
+}
+
+static void
+on_ack_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    stream_ack(arg);
 }
 
 /* The socket is readable, or a pause is over (rl->resume: fd is -1). */
@@ -306,6 +322,7 @@ on_stream_read(evutil_socket_t fd, short what, void *arg)
             return;
         }
         rl->len += (size_t)r;
+        rl->f->last_in_ms = clock_monotonic_ms();
     }
     stream_route(rl);
 }
@@ -346,11 +363,14 @@ stream_open(struct handoff *h)
     setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (!rl || !seen || !(rl->buf = malloc(STREAM_BUF)) ||
         !(rl->rev = event_new(f->base, h->fd, EV_READ | EV_PERSIST, on_stream_read, rl)) ||
+        !(rl->ack_later = evtimer_new(f->base, on_ack_later, rl)) ||
         evutil_make_socket_nonblocking(h->fd) != 0 || event_add(rl->rev, NULL) != 0) {
         log_warn("forward stream from node %s: cannot start (out of memory)", h->node);
         if (rl) {
             if (rl->rev)
                 event_free(rl->rev);
+            if (rl->ack_later)
+                event_free(rl->ack_later);
             free(rl->buf);
             free(rl);
         }

@@ -41,6 +41,7 @@
 #define RETRY_MS 100
 #define MARK_MS 10 /* resolution of a rescued message's routed-at time */
 #define DOWN_RETRY_MS 500 /* durable: a peer that is down is tried this often */
+#define DRAIN_TICK_MS 10
 #define RETAINED_SCAN 500
 #define FORWARD_PATH "/internal/v1/forward"
 #define SYS_LOCAL "$SYS/broker/" /* not "$SYS/brokers/": cluster events do travel */
@@ -230,8 +231,6 @@ static void
 link_settled(struct forwarder *f)
 {
     maybe_resume(f);
-    if (f->draining && forwarder_pending(f) == 0)
-        event_base_loopbreak(f->base);
 }
 
 void
@@ -450,7 +449,8 @@ forward_shared(struct forwarder *f, const struct broker_message *m, const char *
 {
     struct share_cands c = {0};
     broker_api_match_groups(f->broker, m->topic, m->topic_len, on_local_group, &c);
-    routes_match_shared(f->routes, m->topic, m->topic_len, on_remote_group, &c);
+    if (f->routes)
+        routes_match_shared(f->routes, m->topic, m->topic_len, on_remote_group, &c);
     for (size_t i = 0; !c.failed && i < c.count; i++) {
         if (!c.items[i].key)
             continue; /* a group already served */
@@ -499,8 +499,10 @@ static void
 on_forward(void *ctx, const struct broker_message *m)
 {
     struct forwarder *f = ctx;
-    /* Each node's own statistics stay on that node. */
-    if (m->topic_len >= SYS_LOCAL_LEN && memcmp(m->topic, SYS_LOCAL, SYS_LOCAL_LEN) == 0)
+    /* Each node's own statistics stay on that node; after forwarder_leave
+     * nothing more goes out. */
+    if (!f->routes ||
+        (m->topic_len >= SYS_LOCAL_LEN && memcmp(m->topic, SYS_LOCAL, SYS_LOCAL_LEN) == 0))
         return;
     struct forward_frame fr = {
         .topic = m->topic,
@@ -566,35 +568,54 @@ forwarder_pending(const struct forwarder *f)
     return frames;
 }
 
+/* Ends the drain's loop once nothing is owed and (with quiet_ms) no stream
+ * has brought anything for that long, or at the deadline. */
 static void
-on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    event_base_loopbreak(arg);
+    struct forwarder *f = arg;
+    uint64_t now = clock_monotonic_ms();
+    bool quiet = !f->rlinks || now - f->last_in_ms >= f->drain_quiet_ms;
+    if (now >= f->drain_deadline || (forwarder_pending(f) == 0 && quiet))
+        event_base_loopbreak(f->base);
 }
 
 void
-forwarder_drain(struct forwarder *f, uint64_t timeout_ms)
+forwarder_drain(struct forwarder *f, uint64_t timeout_ms, uint64_t quiet_ms)
 {
-    size_t before = forwarder_pending(f);
-    if (before == 0)
+    if (!f)
         return;
-    struct event *timer = evtimer_new(f->base, on_drain_timeout, f->base);
-    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
-    if (!timer || evtimer_add(timer, &tv) != 0) {
-        if (timer)
-            event_free(timer);
+    size_t before = forwarder_pending(f);
+    if (before == 0 && (!quiet_ms || !f->rlinks))
+        return;
+    struct event *tick = event_new(f->base, -1, EV_PERSIST, on_drain_tick, f);
+    struct timeval tv = {0, DRAIN_TICK_MS * 1000};
+    if (!tick || evtimer_add(tick, &tv) != 0) {
+        if (tick)
+            event_free(tick);
         return;
     }
-    log_info("forward: sending %zu buffered message(s) to other nodes before stopping", before);
-    f->draining = true;
+    if (before)
+        log_info("forward: sending %zu buffered message(s) to other nodes before stopping",
+                 before);
+    f->drain_deadline = clock_monotonic_ms() + timeout_ms;
+    f->drain_quiet_ms = quiet_ms;
+    f->last_in_ms = clock_monotonic_ms();
     schedule_flush(f);
-    event_base_dispatch(f->base); /* until sent, the timeout, or a signal */
-    f->draining = false;
-    event_free(timer);
-    log_info("forward: %zu of %zu buffered message(s) sent before stopping",
-             before - forwarder_pending(f), before);
+    event_base_dispatch(f->base); /* until done, the deadline, or a signal */
+    event_free(tick);
+    if (before)
+        log_info("forward: %zu of %zu buffered message(s) sent before stopping",
+                 before - forwarder_pending(f), before);
+}
+
+void
+forwarder_leave(struct forwarder *f)
+{
+    if (f)
+        f->routes = NULL;
 }
 
 struct forwarder *

@@ -59,9 +59,15 @@ void forwarder_free(struct forwarder *f);
 size_t forwarder_pending(const struct forwarder *f);
 
 /* At shutdown, once no client publishes any more: runs the loop until
- * every buffered message is sent, timeout_ms passes or a signal arrives.
- * NULL-safe. */
-void forwarder_drain(struct forwarder *f, uint64_t timeout_ms);
+ * every buffered message is sent (and, with quiet_ms, until no other node
+ * has sent anything here for that long: what still arrives is delivered,
+ * or redirected to where its session went), timeout_ms passes or a signal
+ * arrives. NULL-safe. */
+void forwarder_drain(struct forwarder *f, uint64_t timeout_ms, uint64_t quiet_ms);
+
+/* The route table is about to go (routes_free): from now on nothing is
+ * forwarded (frames that arrive are still delivered). NULL-safe. */
+void forwarder_leave(struct forwarder *f);
 
 /* Closes the streams other nodes opened to this one (before the internal
  * API stops: their sockets are its connections). NULL-safe. */

@@ -74,7 +74,8 @@ struct forwarder {
     struct event *flush_ev;
     bool flush_pending;
     bool paused; /* publishers are paused for a full backlog */
-    bool draining; /* forwarder_drain is running the loop */
+    uint64_t drain_deadline, drain_quiet_ms; /* forwarder_drain (monotonic ms) */
+    uint64_t last_in_ms;                     /* a stream last brought bytes */
     struct http_route http_routes[2]; /* the stream, the batch */
     char key_retained[512];
     /* counters */
