@@ -311,7 +311,16 @@ broker_api_remote_backed_up(struct broker *b, const char *topic, size_t topic_le
     if (qos == 0 || !b->cfg->backpressure_timeout_ms)
         return false;
     topic_tree_match(b->subs, topic, topic_len, on_backed_up_match, &x);
+    if (x.found)
+        b->remote_waiting = true; /* broker_api_on_room tells when one has room */
     return x.found;
+}
+
+void
+broker_api_on_room(struct broker *b, void (*fn)(void *ctx), void *ctx)
+{
+    b->room_fn = fn;
+    b->room_ctx = ctx;
 }
 
 enum rmq_status

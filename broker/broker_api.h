@@ -177,6 +177,11 @@ enum rmq_status broker_api_deliver_group(struct broker *b, const char *key, size
 bool broker_api_remote_backed_up(struct broker *b, const char *topic, size_t topic_len,
                                  uint8_t qos);
 
+/* fn runs (on the loop) when, after broker_api_remote_backed_up said yes,
+ * a subscriber's queue is down to where paused publishers resume: whoever
+ * held messages back may look again. fn NULL removes it. */
+void broker_api_on_room(struct broker *b, void (*fn)(void *ctx), void *ctx);
+
 /* Puts a retained message into the local store without routing it (the
  * cluster loading the retained messages kept in Redis). */
 enum rmq_status broker_api_retain_load(struct broker *b, const char *topic, size_t topic_len,

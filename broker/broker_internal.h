@@ -242,6 +242,11 @@ struct broker {
     size_t observer_count;
     void (*forward)(void *ctx, const struct broker_message *m); /* NULL: standalone */
     void *forward_ctx;
+    /* broker_api_on_room: called once a subscriber that held remote frames
+     * back (remote_waiting) has room again */
+    void (*room_fn)(void *ctx);
+    void *room_ctx;
+    bool remote_waiting;
     bool from_peer;            /* routing a message another node forwarded */
     struct hashmap *filter_refs; /* filter -> subscriptions to it (as a uintptr_t) */
     size_t forward_paused;       /* connections paused for the forwarder (an upper bound) */

@@ -311,6 +311,10 @@ pump(struct broker *b, struct session *s)
         s->stalled = false;
         if (s->throttled)
             session_unthrottle(b, s);
+        if (b->remote_waiting && b->room_fn) {
+            b->remote_waiting = false;
+            b->room_fn(b->room_ctx);
+        }
     }
 }
 

@@ -41,7 +41,8 @@
 #define MAX_SEEN 4096            /* remembered link ids; closed ones are forgotten beyond */
 #define ACK_BYTES (256u * 1024) /* routed and not acknowledged: acknowledge at once */
 #define ACK_DELAY_MS 2           /* below that, this much later (fewer wake-ups for the sender) */
-#define KEEPALIVE_MS 1000        /* a paused stream repeats its acknowledgement this often */
+#define KEEPALIVE_MS 1000
+#define STREAM_PAUSE_MS 20       /* a paused stream looks again after this at the latest */        /* a paused stream repeats its acknowledgement this often */
 
 /* How far one link's frames were routed here (any of its streams). */
 struct stream_seen {
@@ -222,7 +223,8 @@ pause_for(struct rlink *rl, const struct forward_frame *fr)
         return CLOSED;
     if (!rl->resume && !(rl->resume = evtimer_new(f->base, on_stream_read, rl)))
         return ROUTE;
-    struct timeval tv = {0, RECV_PAUSE_MS * 1000};
+    /* broker_api_on_room wakes it at once; the timer is the fallback. */
+    struct timeval tv = {0, STREAM_PAUSE_MS * 1000};
     event_del(rl->rev);
     evtimer_add(rl->resume, &tv);
     rl->check_next = true;
@@ -480,6 +482,17 @@ handle_link(struct http_request *req, void *ctx)
     snprintf(h->node, sizeof(h->node), "%s", node ? node : "?");
     if (!http_reply_upgrade(req, LINK_PROTOCOL, on_upgraded, h))
         free(h);
+}
+
+/* broker_api_on_room: a backed-up subscriber has room again; every paused
+ * stream looks again now (one whose subscriber is still full pauses again). */
+void
+streams_on_room(void *ctx)
+{
+    struct forwarder *f = ctx;
+    for (struct rlink *rl = f->rlinks; rl; rl = rl->next)
+        if (rl->resume && evtimer_pending(rl->resume, NULL))
+            event_active(rl->resume, EV_TIMEOUT, 0);
 }
 
 void

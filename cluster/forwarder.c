@@ -646,6 +646,7 @@ forwarder_new(struct event_base *base, struct broker *broker, struct cluster *cl
     }
     broker_set_forwarder(broker, on_forward, f);
     broker_api_set_redirect(broker, on_redirect);
+    broker_api_on_room(broker, streams_on_room, f);
     if (cfg->durable && routes_on_node_left(routes, rescue_on_node_left, f) != RMQ_OK) {
         log_error("forwarder: cannot follow nodes leaving");
         forwarder_free(f);
@@ -661,6 +662,7 @@ forwarder_free(struct forwarder *f)
         return;
     broker_set_forwarder(f->broker, NULL, NULL);
     broker_api_set_redirect(f->broker, NULL);
+    broker_api_on_room(f->broker, NULL, NULL);
     size_t pos = 0;
     const void *key;
     size_t len;

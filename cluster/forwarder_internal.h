@@ -139,6 +139,9 @@ void link_disconnect(struct link *l);
  * stream of frames, handed to the broker loop. */
 void handle_link(struct http_request *req, void *ctx);
 
+/* broker_api_on_room (ctx: the forwarder): paused streams look again. */
+void streams_on_room(void *ctx);
+
 /* Closes every stream from other nodes (before the internal API stops). */
 void streams_close_all(struct forwarder *f);
 
