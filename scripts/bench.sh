@@ -27,7 +27,13 @@
 #                     relaymq-tls and mosquitto-tls listen with TLS only
 #                     (a self-signed EC P-256 certificate made per run,
 #                     TLS 1.3) and the load generator runs with --tls:
-#                     --brokers relaymq-tls,mosquitto-tls
+#                     --brokers relaymq-tls,mosquitto-tls;
+#                     relaymq-cross and relaymq-cluster start a redis-server
+#                     and two nodes b1, b2: relaymq-cross puts the
+#                     subscribers on b2 (publishers on b1), relaymq-cluster
+#                     puts every client on b1, so
+#                     --brokers relaymq-cross,relaymq-cluster --scenarios pairs
+#                     gives cross-node / same-node throughput
 #   --check           pass --check to the message scenarios: exit status 3
 #                     on QoS 1/2 loss, QoS 0/2 duplicates or reordering,
 #                     counted in the table as "check failed"
@@ -115,12 +121,18 @@ WARMUP=1
 [ "$QUICK" = 1 ] && WARMUP=0.5
 
 want_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
+want_relaymq() {
+    want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls ||
+        want_broker relaymq-cross || want_broker relaymq-cluster
+}
 broker_label() {
     case "$1" in
     relaymq) echo RelayMQ ;;
     relaymq-redis) echo "RelayMQ+Redis" ;;
     relaymq-tls) echo "RelayMQ/TLS" ;;
     mosquitto-tls) echo "Mosquitto/TLS" ;;
+    relaymq-cross) echo "cross-node" ;;
+    relaymq-cluster) echo "same-node" ;;
     mosquitto) echo Mosquitto ;;
     *) echo "$1" ;;
     esac
@@ -134,7 +146,8 @@ check_brokers() {
     for b in $BROKER_A $BROKER_B; do
         case "$b" in
         relaymq | relaymq-redis | mosquitto | relaymq-tls | mosquitto-tls) ;;
-        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls)" ;;
+        relaymq-cross | relaymq-cluster) ;;
+        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls, relaymq-cross, relaymq-cluster)" ;;
         esac
     done
 }
@@ -258,19 +271,19 @@ if [ "$BUILD" = 1 ]; then
         [ -x "$BENCH" ] || die "building relaymq-bench failed; see $BUILD_DIR/bench-build.log"
         echo "bench.sh: building relaymq-bench failed, using the existing binary" >&2
     fi
-    if want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls; then
+    if want_relaymq; then
         cmake --build "$BUILD_DIR" --target relaymq -j "$JOBS" >/dev/null ||
             die "building relaymq failed; run with --brokers mosquitto for Mosquitto alone"
     fi
 fi
 [ -x "$BENCH" ] || die "$BENCH is missing (drop --no-build)"
-if want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls; then
+if want_relaymq; then
     [ -x "$RELAYMQ" ] || die "$RELAYMQ is missing"
 fi
 if want_broker mosquitto || want_broker mosquitto-tls; then
     command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"
 fi
-if want_broker relaymq-redis; then
+if want_broker relaymq-redis || want_broker relaymq-cross || want_broker relaymq-cluster; then
     command -v "$REDIS_SERVER" >/dev/null || die "redis-server not found (REDIS_SERVER)"
 fi
 
@@ -293,6 +306,8 @@ fi
 # ---- brokers ----
 BROKER_PID=""
 BROKER_PORT=""
+NODE2_PID="" # relaymq-cross, relaymq-cluster: the second node
+NODE2_PORT=""
 BENCH_PID=""
 REDIS_PID=""
 
@@ -311,6 +326,13 @@ stop_broker() {
         kill -KILL "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
         BROKER_PID=""
+    fi
+    if [ -n "$NODE2_PID" ]; then
+        kill -TERM "$NODE2_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$NODE2_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NODE2_PID" 2>/dev/null || true
+        wait "$NODE2_PID" 2>/dev/null || true
+        NODE2_PID=""
     fi
     stop_redis
 }
@@ -386,6 +408,19 @@ start_broker() {
         printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$OUT/$tag.conf"
         "$MOSQUITTO" -c "$OUT/$tag.conf" >"$log" 2>&1 &
         ;;
+    relaymq-cross | relaymq-cluster)
+        start_redis "$tag" || return 1
+        NODE2_PORT=$(free_port)
+        RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
+            --listen "127.0.0.1:$NODE2_PORT" --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b2 >"$OUT/$tag.b2.log" 2>&1 &
+        NODE2_PID=$!
+        RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
+            --listen "127.0.0.1:$port" --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
+        ;;
     relaymq-tls)
         "$RELAYMQ" --listen "tls://127.0.0.1:$port" --tls-cert "$OUT/tls.crt" \
             --tls-key "$OUT/tls.key" --allow-anonymous true \
@@ -399,12 +434,17 @@ start_broker() {
     esac
     BROKER_PID=$!
     BROKER_PORT=$port
-    if wait_listen "$port" "$BROKER_PID"; then
-        [ "$name" = relaymq-redis ] || return 0
+    if wait_listen "$port" "$BROKER_PID" &&
+        { [ -z "$NODE2_PID" ] || wait_listen "$NODE2_PORT" "$NODE2_PID"; }; then
+        case "$name" in relaymq-redis | relaymq-cross | relaymq-cluster) ;; *) return 0 ;; esac
         # Clients that connect before the Redis link is up are served
         # without a claim: wait for the link (the node registers on it).
         for _ in $(seq 100); do
-            grep -q "redis 127.0.0.1:$REDIS_PORT: connected" "$log" && return 0
+            if grep -q "redis 127.0.0.1:$REDIS_PORT: connected" "$log" &&
+                { [ -z "$NODE2_PID" ] ||
+                    grep -q "redis 127.0.0.1:$REDIS_PORT: connected" "$OUT/$tag.b2.log"; }; then
+                return 0
+            fi
             kill -0 "$BROKER_PID" 2>/dev/null || break
             sleep 0.05
         done
@@ -449,6 +489,7 @@ run_one() {
     fi
     [[ "$args" == idle* ]] && args="$args --broker-pid $BROKER_PID"
     [[ "$broker" == *-tls ]] && args="$args --tls"
+    [ "$broker" = relaymq-cross ] && args="$args --sub-port $NODE2_PORT"
     # In the background so that a signal to this script is handled at once.
     # shellcheck disable=SC2086
     "$BENCH" $args --port "$BROKER_PORT" >"$OUT/$tag.bench.out" 2>"$OUT/$tag.bench.err" &
