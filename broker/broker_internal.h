@@ -133,7 +133,6 @@ struct inflight {
 
 /* A message waiting for an inflight slot or for the client to come back. */
 struct queued {
-    struct queued *next;
     struct message *msg;
     uint8_t qos;
     uint8_t retain;
@@ -179,7 +178,8 @@ struct session {
     uint16_t inflight_count, inflight_cap;
     uint16_t next_packet_id;
 
-    struct queued *queue_head, *queue_tail;
+    struct queued *queue; /* a ring of queue_cap (a power of two) entries, or NULL */
+    uint32_t queue_head, queue_cap; /* the oldest is queue[queue_head] */
     uint32_t queue_len;
     uint64_t queue_bytes;   /* payload bytes of the queued messages */
     struct conn *throttled; /* publishers waiting for this queue to drain */
@@ -199,6 +199,13 @@ struct session {
     uint64_t match_gen;
     uint8_t match_qos;
 };
+
+/* The i-th oldest queued message of s (i < s->queue_len). */
+static inline struct queued *
+session_queued(const struct session *s, uint32_t i)
+{
+    return &s->queue[(s->queue_head + i) & (s->queue_cap - 1)];
+}
 
 /* One publish being routed: the message object is made lazily, only when a
  * subscriber must keep it (queue, inflight) or it is retained. */

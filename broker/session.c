@@ -15,6 +15,9 @@
 #include "broker/topic_tree.h"
 #include "common/log.h"
 
+#define QUEUE_MIN 8   /* entries of a session queue's first ring */
+#define QUEUE_KEEP 16 /* an emptied ring up to this size is kept for the next burst */
+
 struct session *
 session_new(const char *client_id, size_t len, bool clean)
 {
@@ -141,13 +144,9 @@ session_free(struct broker *b, struct session *s)
     for (uint16_t i = 0; i < s->inflight_count; i++)
         message_unref(s->inflight[i].msg);
     free(s->inflight);
-    struct queued *q = s->queue_head;
-    while (q) {
-        struct queued *next = q->next;
-        message_unref(q->msg);
-        free(q);
-        q = next;
-    }
+    for (uint32_t i = 0; i < s->queue_len; i++)
+        message_unref(session_queued(s, i)->msg);
+    free(s->queue);
     free(s->qos2_in);
     free(s->origin);
     if (s->ghost) {
@@ -261,6 +260,23 @@ window_open(const struct broker *b, const struct session *s)
     return s->conn && s->inflight_count < b->cfg->max_inflight;
 }
 
+/* Doubles the queue's ring (the messages keep their order). */
+static bool
+queue_grow(struct session *s)
+{
+    uint32_t cap = s->queue_cap ? s->queue_cap * 2 : QUEUE_MIN;
+    struct queued *q = malloc((size_t)cap * sizeof(*q));
+    if (!q)
+        return false;
+    for (uint32_t i = 0; i < s->queue_len; i++)
+        q[i] = *session_queued(s, i);
+    free(s->queue);
+    s->queue = q;
+    s->queue_head = 0;
+    s->queue_cap = cap;
+    return true;
+}
+
 static void
 enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, bool retain)
 {
@@ -274,19 +290,14 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
         b->metrics.queue_bytes_dropped++;
         return;
     }
-    struct queued *q = malloc(sizeof(*q));
-    if (!q) {
+    if (s->queue_len == s->queue_cap && !queue_grow(s)) {
         b->metrics.messages_dropped++;
         return;
     }
-    *q = (struct queued){.msg = message_ref(msg), .qos = qos, .retain = retain};
     if (!s->conn || b->cfg->durable_sessions)
         session_notify(b, s, SESSION_QUEUED, NULL, 0, qos, msg);
-    if (s->queue_tail)
-        s->queue_tail->next = q;
-    else
-        s->queue_head = q;
-    s->queue_tail = q;
+    *session_queued(s, s->queue_len) =
+        (struct queued){.msg = message_ref(msg), .qos = qos, .retain = retain};
     s->queue_len++;
     s->queue_bytes += msg->payload_len;
 }
@@ -295,17 +306,19 @@ enqueue(struct broker *b, struct session *s, struct message *msg, uint8_t qos, b
 static void
 pump(struct broker *b, struct session *s)
 {
-    while (s->queue_head && window_open(b, s)) {
-        struct queued *q = s->queue_head;
+    while (s->queue_len && window_open(b, s)) {
+        struct queued *q = session_queued(s, 0);
         if (!start_inflight(b, s, q->msg, q->qos, q->retain))
             return;
-        s->queue_head = q->next;
-        if (!s->queue_head)
-            s->queue_tail = NULL;
+        s->queue_head = (s->queue_head + 1) & (s->queue_cap - 1);
         s->queue_len--;
         s->queue_bytes -= q->msg->payload_len;
         message_unref(q->msg);
-        free(q);
+    }
+    if (!s->queue_len && s->queue_cap > QUEUE_KEEP) { /* a burst is over: its room goes */
+        free(s->queue);
+        s->queue = NULL;
+        s->queue_head = s->queue_cap = 0;
     }
     if (s->queue_len <= throttle_high(b) / 2) {
         s->stalled = false;
@@ -344,7 +357,7 @@ session_deliver(struct broker *b, struct session *s, struct route *r, uint8_t qo
         b->metrics.messages_dropped++;
         return;
     }
-    if (!s->queue_head && window_open(b, s) && start_inflight(b, s, msg, qos, retain)) {
+    if (!s->queue_len && window_open(b, s) && start_inflight(b, s, msg, qos, retain)) {
         if (b->cfg->durable_sessions)
             session_notify(b, s, SESSION_QUEUED, NULL, 0, qos, msg);
         return;

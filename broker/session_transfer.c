@@ -90,8 +90,10 @@ broker_api_session_walk(struct broker *b, const char *client_id,
         if (s->inflight[i].msg)
             walk_message(fn_msg, arg, s->inflight[i].msg, s->inflight[i].qos,
                          s->inflight[i].retain);
-    for (const struct queued *q = s->queue_head; q; q = q->next)
+    for (uint32_t i = 0; i < s->queue_len; i++) {
+        const struct queued *q = session_queued(s, i);
         walk_message(fn_msg, arg, q->msg, q->qos, q->retain);
+    }
     return RMQ_OK;
 }
 

@@ -145,8 +145,8 @@ redispatch(struct broker *b, struct share_group *g, struct session *s)
     for (uint16_t i = 0; i < s->inflight_count && n < cap; i++)
         if (s->inflight[i].msg)
             pending[n++] = s->inflight[i].msg;
-    for (const struct queued *q = s->queue_head; q && n < cap; q = q->next)
-        pending[n++] = q->msg;
+    for (uint32_t i = 0; i < s->queue_len && n < cap; i++)
+        pending[n++] = session_queued(s, i)->msg;
     for (size_t i = 0; i < n; i++) {
         struct message *msg = pending[i];
         if (!topic_matches(g->filter, g->filter_len, msg->topic, msg->topic_len))
