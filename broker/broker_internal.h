@@ -152,6 +152,8 @@ struct session_ghost {
     char *addr;
     struct broker *broker;
     struct timer_entry timer;
+    struct timer_entry routes_timer; /* when its filters leave the route table */
+    bool routes_released;
     struct session *next; /* in broker->ghosts */
 };
 
@@ -321,6 +323,10 @@ void session_redirect(struct broker *b, struct session *s, const struct route *r
 
 /* Frees every ghost (broker_free). */
 void session_free_ghosts(struct broker *b);
+
+/* A ghost's filters leave the route table (once; at the latest when it is
+ * freed). */
+void session_ghost_release_routes(struct broker *b, struct session *s);
 
 /* ---- share.c: shared subscriptions ---- */
 

@@ -129,6 +129,7 @@ session_free(struct broker *b, struct session *s)
     session_notify(b, s, SESSION_ENDED, NULL, 0, 0, NULL);
     s->freeing = true;
     session_unthrottle(b, s);
+    session_ghost_release_routes(b, s);
     for (uint32_t i = 0; i < s->sub_count; i++) {
         const char *inner;
         size_t inner_len;

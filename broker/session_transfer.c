@@ -110,6 +110,8 @@ let_go(struct broker *b, struct session *s)
     session_free(b, s);
 }
 
+#define GHOST_ROUTES_MS 100 /* a ghost keeps its filters in the route table this long */
+
 static void
 ghost_unlink(struct broker *b, struct session *s)
 {
@@ -131,6 +133,27 @@ on_ghost_expired(struct timer_entry *e, uint64_t now)
     session_free(b, g->session); /* its filters go: the route table forgets them here */
 }
 
+void
+session_ghost_release_routes(struct broker *b, struct session *s)
+{
+    struct session_ghost *g = s->ghost;
+    if (!g || g->routes_released)
+        return;
+    g->routes_released = true;
+    timer_entry_cancel(&g->routes_timer);
+    for (uint32_t i = 0; i < s->sub_count; i++)
+        broker_filter_release(b, s->subs[i].filter, s->subs[i].len);
+}
+
+static void
+on_ghost_routes(struct timer_entry *e, uint64_t now)
+{
+    (void)now;
+    struct session_ghost *g =
+        (struct session_ghost *)((char *)e - offsetof(struct session_ghost, routes_timer));
+    session_ghost_release_routes(g->broker, g->session);
+}
+
 /* Keeps s's subscriptions here as a ghost pointing at to_addr. */
 static bool
 make_ghost(struct broker *b, struct session *s, const char *to_addr, uint64_t ghost_ms)
@@ -143,14 +166,18 @@ make_ghost(struct broker *b, struct session *s, const char *to_addr, uint64_t gh
     g->session = s;
     g->broker = b;
     s->ghost = g;
-    /* Other nodes stop sending these filters here (unless another session
-     * holds them); what they already sent is still matched and redirected. */
-    for (uint32_t i = 0; i < s->sub_count; i++)
-        broker_filter_release(b, s->subs[i].filter, s->subs[i].len);
     g->next = b->ghosts;
     b->ghosts = s;
     timer_entry_init(&g->timer, on_ghost_expired);
     timer_wheel_schedule(b->wheel, &g->timer, broker_now(b) + ghost_ms);
+    /* Other nodes stop sending these filters here (unless another session
+     * holds them) a moment later, once the session's new node has had time
+     * to announce them: released at once, a message published meanwhile
+     * would be sent to neither node. What they send here is redirected (a
+     * message sent to both nodes in that moment arrives twice). */
+    timer_entry_init(&g->routes_timer, on_ghost_routes);
+    timer_wheel_schedule(b->wheel, &g->routes_timer,
+                         broker_now(b) + (ghost_ms < GHOST_ROUTES_MS ? ghost_ms : GHOST_ROUTES_MS));
     return true;
 }
 
