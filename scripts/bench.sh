@@ -319,33 +319,28 @@ stop_bench() {
     fi
 }
 
+# stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
 stop_broker() {
-    if [ -n "$BROKER_PID" ]; then
-        kill -TERM "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=""
-    fi
-    if [ -n "$NODE2_PID" ]; then
-        kill -TERM "$NODE2_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$NODE2_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$NODE2_PID" 2>/dev/null || true
-        wait "$NODE2_PID" 2>/dev/null || true
-        NODE2_PID=""
-    fi
+    stop_pid "$BROKER_PID"
+    BROKER_PID=""
+    stop_pid "$NODE2_PID"
+    NODE2_PID=""
     stop_redis
 }
 
 stop_redis() {
-    if [ -n "$REDIS_PID" ]; then
-        kill -TERM "$REDIS_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$REDIS_PID" 2>/dev/null || true
-        wait "$REDIS_PID" 2>/dev/null || true
-        REDIS_PID=""
-    fi
+    stop_pid "$REDIS_PID"
+    REDIS_PID=""
 }
+
 trap 'stop_bench; stop_broker' EXIT
 trap 'stop_bench; stop_broker; exit 130' INT TERM
 
