@@ -159,7 +159,7 @@ bool http_reply_upgrade(struct http_request *req, const char *protocol, http_upg
 /* Closes an upgraded connection (its socket). Any thread, once. */
 void http_upgraded_close(struct http_upgraded *conn);
 
-/* ---- work for a broker loop on behalf of a request ---- */
+/* ---- work for a broker loop on behalf of a request (http/http_job.c) ---- */
 
 struct http_job;
 typedef void (*http_job_fn)(struct http_job *job);
