@@ -280,6 +280,23 @@ def stop_quietly(*things):
 # Running a cluster test file
 
 
+def case_list():
+    """A file's list of cases and the decorator that adds to it:
+    `cases, case = ch.case_list()`, then `@case` on each case."""
+    cases = []
+
+    def case(fn):
+        cases.append(fn)
+        return fn
+    return cases, case
+
+
+def stop_cluster(cluster):
+    """A file's final check: every node of cluster exits 0 on SIGTERM."""
+    errors = cluster.stop()
+    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+
+
 def _run_case(cluster, name, fn):
     """Runs one case; a case may return a short note for its PASS line."""
     t0 = time.monotonic()

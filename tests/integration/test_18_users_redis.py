@@ -39,12 +39,7 @@ REDIS = None
 CL = None
 PWFILE = None
 START = {}
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 def make_hash(password):
@@ -217,8 +212,7 @@ def users_redis_needs_redis():
 
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
 
 
 def bind(redis, events, cluster):

@@ -53,12 +53,7 @@ RETAINED_LOADED = 'relaymq_retained_redis_total{event="loaded"}'
 REDIS = None
 CL = None
 EV = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 # --------------------------------------------------------------------------
@@ -1070,8 +1065,7 @@ def persistent_session_moves_to_another_live_node_with_its_offline_messages():
 
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
     h.check_eq(REDIS.cli("KEYS", ch.PREFIX + "routes:*"), [],
                "route sets left after every node stopped cleanly")
 

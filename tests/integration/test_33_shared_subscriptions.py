@@ -50,12 +50,7 @@ SH_REDISP = "relaymq_shared_redispatched_total"
 REDIS = None
 CL = None
 EV = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 # --------------------------------------------------------------------------
@@ -493,8 +488,7 @@ def qos0_and_qos2_through_a_group_across_nodes_exactly_once():
 
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
     h.check_eq(REDIS.cli("KEYS", ch.PREFIX + "routes:*"), [],
                "route sets left after every node stopped cleanly")
 

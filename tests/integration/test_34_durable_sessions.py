@@ -40,12 +40,7 @@ RESCUED_OUT = 'relaymq_forward_rescued_total{direction="out"}'
 
 REDIS = None
 CL = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 def victim(name):
@@ -220,8 +215,7 @@ def durable_sessions_need_redis():
 
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
 
 
 def bind(redis, events, cluster):

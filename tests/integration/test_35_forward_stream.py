@@ -49,12 +49,7 @@ MALFORMED = 'relaymq_forward_batches_total{direction="in",outcome="malformed"}'
 
 REDIS = None
 CL = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 # --------------------------------------------------------------------------
@@ -231,8 +226,7 @@ def stream_broken_by_a_stalled_node_loses_and_repeats_nothing():
 
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
 
 
 def bind(redis, events, cluster):

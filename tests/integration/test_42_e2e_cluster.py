@@ -76,12 +76,7 @@ LB = None
 DEVS = None
 ACCOUNTED = []  # node processes a case killed or stopped (and checked) on purpose
 RETIRED = []    # nodes replaced by a restart (their log directories)
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 # --------------------------------------------------------------------------

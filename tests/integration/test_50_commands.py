@@ -61,12 +61,7 @@ SIM = os.path.join(os.environ.get("RELAYMQ_SOURCE_DIR")
 REDIS = None
 CL = None
 EV = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 # --------------------------------------------------------------------------
@@ -1097,8 +1092,7 @@ def standalone_node_serves_the_same_api():
 # runner
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
 
 
 def bind(redis, events, cluster):

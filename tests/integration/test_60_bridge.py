@@ -54,12 +54,7 @@ SETTLE = 60.0    # generous: ASan build on a shared 2-core machine
 
 REDIS = None
 CL = None
-cases = []
-
-
-def case(fn):
-    cases.append(fn)
-    return fn
+cases, case = ch.case_list()
 
 
 def bridge_flags(rules=RULES):
@@ -792,8 +787,7 @@ def shutdown_drains_what_it_holds_or_counts_it():
 # runner
 
 def stop_all():
-    errors = CL.stop()
-    h.check(not errors, "nodes did not exit 0 on SIGTERM: %s" % errors)
+    ch.stop_cluster(CL)
     for n in CL.nodes:
         h.check(n.log_has("bridge: ") and " matched, " in n.log_text(),
                 "%s did not log its bridge totals at shutdown" % n.node_id)
