@@ -241,6 +241,10 @@ def deliver_reaches_that_connection_only(b):
                       {"topic": "a/#", "payload": ""}), 400, "invalid_topic", "wildcard topic")
         expect(signed("POST", "/internal/v1/channels/%d/deliver" % ch,
                       {"topic": topic, "qos": 5}), 400, "bad_field", "qos 5")
+    # paho's DISCONNECT reaches the broker a moment after the with block.
+    h.wait_until(lambda: signed("POST", "/internal/v1/channels/%d/deliver" % ch,
+                                {"topic": topic}).status == 404,
+                 h.WAIT, what="channel %d to be gone after its client left" % ch)
     expect(signed("POST", "/internal/v1/channels/%d/deliver" % ch, {"topic": topic}), 404,
            "channel_not_found", "after the client left")
 
