@@ -35,7 +35,7 @@
 #include "http/peer_client.h"
 
 #define CONNECT_TIMEOUT_MS 2000
-#define ACK_TIMEOUT_MS 5000 /* above the receivers' longest hold (MAX_HOLD_MS) */
+#define ACK_TIMEOUT_MS 5000 /* a paused receiver repeats its ack every second */
 #define WATCH_MS 500
 #define WRITE_MAX (1u << 20) /* bytes per write call */
 

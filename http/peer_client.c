@@ -530,15 +530,6 @@ peer_client_request(struct peer_client *pc, const char *address, const char *met
     return st;
 }
 
-enum rmq_status
-peer_client_request_raw(struct peer_client *pc, const char *address, const char *method,
-                        const char *path, const void *data, size_t len, const char *content_type,
-                        peer_client_cb cb, void *arg)
-{
-    struct body b = {data ? data : "", len, content_type};
-    return request(pc, address, method, path, &b, cb, arg);
-}
-
 /* ---- lifetime ---- */
 
 static uint64_t

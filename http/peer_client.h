@@ -75,13 +75,6 @@ void peer_client_free(struct peer_client *pc);
 enum rmq_status peer_client_request(struct peer_client *pc, const char *address, const char *method,
                                     const char *path, json_t *body, peer_client_cb cb, void *arg);
 
-/* As peer_client_request with a body of any type: len bytes of data
- * (copied) sent as content_type (e.g. "application/octet-stream"). */
-enum rmq_status peer_client_request_raw(struct peer_client *pc, const char *address,
-                                        const char *method, const char *path, const void *data,
-                                        size_t len, const char *content_type, peer_client_cb cb,
-                                        void *arg);
-
 /* POST /internal/v1/channels/{channel}/close with {"reason": reason} to the
  * node at addr; a failure is logged (a 404, the connection already gone, is
  * not one). done (optional) runs exactly once, with unreached true if the
