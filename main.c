@@ -77,6 +77,7 @@ listener_options_from(const struct settings *s)
         .tls_ca_file = s->tls_ca_file,
         .tls_require_certificate = s->tls_require_certificate,
         .tls_use_identity_as_username = s->tls_use_identity_as_username,
+        .tls_compact_sessions = s->tls_compact_sessions,
         .tls_min_version = s->tls_min_version,
         .tls_ciphers = s->tls_ciphers,
         .max_connection_rate = (unsigned)s->max_connection_rate,

@@ -22,6 +22,8 @@ const struct config_option settings_options[] = {
         "refuse TLS clients without a valid certificate (mutual TLS)"),
     OPT("tls-use-identity-as-username", CONFIG_BOOL, "false", tls_use_identity_as_username, 0,
         0, "the client certificate's CN is the username; the password is not checked"),
+    OPT("tls-compact-sessions", CONFIG_BOOL, "true", tls_compact_sessions, 0, 0,
+        "TLS 1.3 connections keep only their record keys after the handshake"),
     OPT("tls-min-version", CONFIG_STRING, "1.2", tls_min_version, 0, 0,
         "oldest TLS version accepted: 1.2 or 1.3"),
     OPT("tls-ciphers", CONFIG_STRING, NULL, tls_ciphers, 0, 0,

@@ -71,6 +71,7 @@ struct settings {
     char *tls_ca_file;
     bool tls_require_certificate;
     bool tls_use_identity_as_username;
+    bool tls_compact_sessions;
     char *tls_min_version;
     char *tls_ciphers;
 

@@ -609,6 +609,21 @@ tls_read_again_if_buffered(struct conn *c)
         event_active(&c->ev, EV_READ, 1);
 }
 
+/* A read that ended the connection: EOF (n 0) or an error, logged (a TLS
+ * protocol error at info: the peer sent what TLS does not allow). */
+static void
+read_failed(struct conn *c, ssize_t n)
+{
+    if (n < 0 && errno == EPROTO && c->tls)
+        log_info("%s: TLS error after the handshake: a record that does not authenticate, "
+                 "a fatal alert or a message not allowed",
+                 c->peer);
+    else if (n < 0)
+        log_debug("%s: read: %s", c->peer, strerror(errno));
+    c->broker->metrics.socket_errors++;
+    conn_close(c, CLOSE_SOCKET_ERROR);
+}
+
 /* Gathers a packet too large for the shared buffer in c->in. */
 static void
 read_large(struct conn *c)
@@ -621,8 +636,7 @@ read_large(struct conn *c)
                 conn_update_events(c);
             return;
         }
-        b->metrics.socket_errors++;
-        conn_close(c, CLOSE_SOCKET_ERROR);
+        read_failed(c, n);
         return;
     }
     if (c->ws && (n = conn_ws_input(c, c->in + c->in_len, (size_t)n)) < 0)
@@ -674,10 +688,7 @@ conn_on_read(struct conn *c)
         if (again) {
             n = 0; /* nothing new: run what was kept while paused */
         } else if (n <= 0) {
-            if (n < 0)
-                log_debug("%s: read: %s", c->peer, strerror(errno));
-            b->metrics.socket_errors++;
-            conn_close(c, CLOSE_SOCKET_ERROR);
+            read_failed(c, n);
             return;
         }
     }

@@ -118,6 +118,12 @@ p_identity(struct listener_spec *s, const char *v)
 }
 
 static enum rmq_status
+p_compact(struct listener_spec *s, const char *v)
+{
+    return config_parse_bool(v, &s->tls_cfg.compact_sessions);
+}
+
+static enum rmq_status
 p_min_version(struct listener_spec *s, const char *v)
 {
     return parse_min_version(v, &s->tls_cfg.min_version);
@@ -172,6 +178,7 @@ static const struct {
     {"use-identity-as-username", TLS_ONLY, p_identity, "true or false"},
     {"min-version", TLS_ONLY, p_min_version, "1.2 or 1.3"},
     {"ciphers", TLS_ONLY, p_ciphers, "an OpenSSL cipher list"},
+    {"compact-sessions", TLS_ONLY, p_compact, "true or false"},
     {"path", WS_ONLY, p_path, "a path starting with '/'"},
     {"max-connections", ANY, p_max_connections, "a count from 0 to 10000000"},
     {"max-connection-rate", ANY, p_max_connection_rate, "a count from 0 to 10000000"},
@@ -260,6 +267,7 @@ apply_defaults(struct listener_spec *s, const struct listener_options *o)
         .ciphers = o->tls_ciphers && *o->tls_ciphers ? o->tls_ciphers : NULL,
         .require_certificate = o->tls_require_certificate,
         .use_identity_as_username = o->tls_use_identity_as_username,
+        .compact_sessions = o->tls_compact_sessions,
     };
 }
 

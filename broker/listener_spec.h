@@ -9,7 +9,7 @@
  * followed by an optional query that overrides the global options for this
  * listener only: `tls://0.0.0.0:8883?require-certificate=true&proxy-protocol=v2`.
  * Keys: proxy-protocol (any listener); cert, key, ca-file, require-certificate,
- * use-identity-as-username, min-version, ciphers (tls:// and wss://); path
+ * use-identity-as-username, min-version, ciphers, compact-sessions (tls:// and wss://); path
  * (ws:// and wss://); max-connections, max-connection-rate (any listener).
  * Values are taken literally (no percent-decoding).
  *
@@ -35,6 +35,7 @@ struct listener_options {
     const char *tls_ca_file;    /* PEM CAs that client certificates must chain to */
     bool tls_require_certificate;
     bool tls_use_identity_as_username;
+    bool tls_compact_sessions;   /* TLS 1.3 sessions leave OpenSSL after the handshake */
     const char *tls_min_version; /* "1.2" or "1.3"; NULL = 1.2 */
     const char *tls_ciphers;     /* OpenSSL cipher list for TLS 1.2; NULL = OpenSSL's */
     unsigned max_connection_rate; /* connections accepted per second per listener, 0 = unlimited */
@@ -45,6 +46,7 @@ struct listener_tls {
     const char *cert, *key, *ca_file, *ciphers;
     bool require_certificate;
     bool use_identity_as_username;
+    bool compact_sessions; /* see tls.c */
     int min_version; /* LISTENER_TLS_1_2 or LISTENER_TLS_1_3 */
 };
 

@@ -3,14 +3,31 @@
  * Contexts: TLS 1.2 or 1.3 at least (configurable), no renegotiation, no
  * compression, server cipher preference, partial writes with a buffer that
  * may move between retries (the output queue compacts and grows), and
- * record buffers released while a connection is idle: most devices are idle
- * most of the time, and an idle session then holds no 17 KiB buffer. It
- * still holds about 14 KiB of OpenSSL 3.0 state that the public API cannot
- * shrink (the SSL object alone is 7.5 KiB, the traffic keys 2.3 KiB; see
- * BENCHMARKS.md, "TLS memory per idle connection", and tests/bench/tls_mem.c,
- * which counts it by OpenSSL source line). A peer that closes TCP without
- * close_notify ends the session like a close_notify (MQTT frames its own
- * packets, so a truncated stream cannot pass for a complete one).
+ * record buffers released while a connection is idle. A peer that closes
+ * TCP without close_notify ends the session like a close_notify (MQTT
+ * frames its own packets, so a truncated stream cannot pass for a complete
+ * one).
+ *
+ * Compact sessions (the default, `compact_sessions`): most devices are idle
+ * most of the time, and an OpenSSL 3.0 session holds about 14 KiB for as
+ * long as it lives, most of it handshake state the public API cannot free
+ * (BENCHMARKS.md, "TLS memory per idle connection"). So once a TLS 1.3
+ * handshake completes, the connection's records are handled here with
+ * tls_record.c and the SSL object is freed: what stays is the record
+ * state (about 250 bytes) and, under back-pressure only, the bytes in
+ * flight. The keys come from OpenSSL's key-log callback (the client's and
+ * the server's application traffic secrets), the server's sequence number
+ * from counting the records OpenSSL wrote under those keys (its session
+ * tickets; the message callback sees every record header). The client's
+ * sequence number is 0: OpenSSL reads no further than the record it
+ * needs, so the first record after the client's Finished is still in the
+ * socket. Should anything not line up (TLS 1.2, a CCM suite, input already
+ * buffered inside OpenSSL, a secret missing), the connection simply stays
+ * with OpenSSL. Records received afterwards: application data, alerts
+ * (close_notify ends the stream, user_canceled is ignored, any other ends
+ * it with an error) and KeyUpdate (answered before the next record sent);
+ * anything else is a protocol error. Our own key moves on after 2^24
+ * records.
  *
  * Client certificates are requested only when the listener requires one or
  * takes the identity as username; a certificate that is sent is always
@@ -26,9 +43,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker/tls_compact.h"
+#include "broker/tls_record.h"
+
+/* What the handshake leaves for a compact session. */
+struct handover {
+    uint8_t client[48], server[48]; /* application traffic secrets */
+    size_t client_len, server_len;
+    bool counting;    /* the server writes under its application key */
+    uint32_t records; /* records written since */
+};
 
 struct tls_conn {
-    SSL *ssl;
+    SSL *ssl;                     /* NULL once compact */
+    struct tls_compact *compact;  /* non-NULL once compact */
+    struct handover *ho;          /* during the handshake, when compact sessions are on */
+    const char *version, *cipher; /* OpenSSL's static names, kept once compact */
+    char *peer_cn;                /* kept once compact: verified client certificate's CN */
+    int fd;
     bool established;
     bool failed;           /* fatal error: no close_notify may follow */
     bool read_wants_write; /* handshake or SSL_read waits for POLLOUT */
@@ -91,6 +126,69 @@ load_files(SSL_CTX *ctx, const struct listener_tls *cfg, char *err, size_t errle
     return true;
 }
 
+/* hex (2n digits) into n bytes of out (at most cap); false if not hex. */
+static bool
+unhex(const char *hex, size_t hex_len, uint8_t *out, size_t cap, size_t *n)
+{
+    if (hex_len % 2 || hex_len / 2 > cap)
+        return false;
+    for (size_t i = 0; i < hex_len / 2; i++) {
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char ch = hex[2 * i + (size_t)k];
+            int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                    : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                    : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                             : -1;
+            if (d < 0)
+                return false;
+            v = v * 16 + d;
+        }
+        out[i] = (uint8_t)v;
+    }
+    *n = hex_len / 2;
+    return true;
+}
+
+/* OpenSSL's key log ("LABEL CLIENT_RANDOM SECRET" in hex): the two
+ * application traffic secrets are kept for the hand-over. The server's
+ * is logged once it writes under it, so the records counted from here on
+ * are the ones sent with it. */
+static void
+on_keylog(const SSL *ssl, const char *line)
+{
+    struct tls_conn *t = SSL_get_app_data(ssl);
+    if (!t || !t->ho)
+        return;
+    static const char CLIENT[] = "CLIENT_TRAFFIC_SECRET_0 ", SERVER[] = "SERVER_TRAFFIC_SECRET_0 ";
+    bool client = strncmp(line, CLIENT, sizeof(CLIENT) - 1) == 0;
+    bool server = strncmp(line, SERVER, sizeof(SERVER) - 1) == 0;
+    const char *secret = strrchr(line, ' ');
+    if ((!client && !server) || !secret)
+        return;
+    secret++;
+    struct handover *ho = t->ho;
+    if (client && !unhex(secret, strlen(secret), ho->client, sizeof(ho->client), &ho->client_len))
+        ho->client_len = 0;
+    if (server) {
+        if (!unhex(secret, strlen(secret), ho->server, sizeof(ho->server), &ho->server_len))
+            ho->server_len = 0;
+        ho->counting = true;
+        ho->records = 0;
+    }
+}
+
+/* Counts the records the server writes (one header each). */
+static void
+on_message(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
+           void *arg)
+{
+    (void)version, (void)buf, (void)len, (void)arg;
+    struct tls_conn *t = SSL_get_app_data(ssl);
+    if (write_p && content_type == SSL3_RT_HEADER && t && t->ho && t->ho->counting)
+        t->ho->records++;
+}
+
 struct ssl_ctx_st *
 tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
 {
@@ -122,6 +220,8 @@ tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
     SSL_CTX_set_verify(ctx, mode, NULL);
     /* Needed for session resumption once peers are verified. */
     SSL_CTX_set_session_id_context(ctx, SESSION_ID_CONTEXT, sizeof(SESSION_ID_CONTEXT) - 1);
+    if (cfg->compact_sessions)
+        SSL_CTX_set_keylog_callback(ctx, on_keylog);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -149,7 +249,21 @@ tls_conn_new(struct ssl_ctx_st *ctx, int fd)
         return NULL;
     }
     SSL_set_accept_state(t->ssl);
+    t->fd = fd;
+    if (SSL_CTX_get_keylog_callback(ctx) && (t->ho = calloc(1, sizeof(*t->ho)))) {
+        SSL_set_app_data(t->ssl, t);
+        SSL_set_msg_callback(t->ssl, on_message);
+    }
     return t;
+}
+
+static void
+handover_free(struct tls_conn *t)
+{
+    if (t->ho)
+        OPENSSL_cleanse(t->ho, sizeof(*t->ho));
+    free(t->ho);
+    t->ho = NULL;
 }
 
 void
@@ -157,12 +271,18 @@ tls_conn_free(struct tls_conn *t)
 {
     if (!t)
         return;
-    if (t->established && !t->failed) {
+    if (t->compact) {
+        tls_compact_free(t->compact, t->fd, t->established && !t->failed);
+    } else {
+        if (t->established && !t->failed) {
+            ERR_clear_error();
+            SSL_shutdown(t->ssl); /* one non-blocking attempt at close_notify */
+        }
         ERR_clear_error();
-        SSL_shutdown(t->ssl); /* one non-blocking attempt at close_notify */
+        SSL_free(t->ssl);
     }
-    ERR_clear_error();
-    SSL_free(t->ssl);
+    handover_free(t);
+    free(t->peer_cn);
     free(t);
 }
 
@@ -185,6 +305,60 @@ handshake_reason(struct tls_conn *t, int e, int saved_errno, char *why, size_t w
         snprintf(why, whylen, "%s", reason);
 }
 
+/* The verified client certificate's subject CN, or NULL. */
+static char *
+peer_cn_of(const SSL *ssl)
+{
+    X509 *cert = SSL_get1_peer_certificate(ssl);
+    char *cn = NULL;
+    if (!cert || SSL_get_verify_result(ssl) != X509_V_OK)
+        goto done;
+    X509_NAME *name = X509_get_subject_name(cert);
+    int idx = name ? X509_NAME_get_index_by_NID(name, NID_commonName, -1) : -1;
+    if (idx < 0)
+        goto done;
+    ASN1_STRING *data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+    unsigned char *utf8 = NULL;
+    int n = data ? ASN1_STRING_to_UTF8(&utf8, data) : -1;
+    /* A name with a NUL inside would log and match as something else. */
+    if (n > 0 && n <= 65535 && !memchr(utf8, '\0', (size_t)n))
+        cn = strndup((const char *)utf8, (size_t)n);
+    OPENSSL_free(utf8);
+done:
+    X509_free(cert);
+    ERR_clear_error();
+    return cn;
+}
+
+/* A TLS 1.3 session whose handshake just completed continues without
+ * OpenSSL when everything the hand-over needs is there (see the top). */
+static void
+go_compact(struct tls_conn *t)
+{
+    struct handover *ho = t->ho;
+    SSL_set_msg_callback(t->ssl, NULL);
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(t->ssl);
+    uint16_t suite = cipher ? SSL_CIPHER_get_protocol_id(cipher) : 0;
+    if (!ho || SSL_version(t->ssl) != TLS1_3_VERSION || !tls13_suite_supported(suite) ||
+        !ho->counting || !ho->client_len || ho->client_len != ho->server_len ||
+        SSL_has_pending(t->ssl)) {
+        handover_free(t);
+        return;
+    }
+    t->compact = tls_compact_new(suite, ho->client, ho->server, ho->client_len, ho->records);
+    handover_free(t);
+    if (!t->compact)
+        return;
+    t->peer_cn = peer_cn_of(t->ssl);
+    t->version = SSL_get_version(t->ssl);
+    t->cipher = SSL_CIPHER_get_name(cipher);
+    /* Not a shutdown: a cached session stays resumable. */
+    SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(t->ssl);
+    t->ssl = NULL;
+    ERR_clear_error();
+}
+
 enum rmq_status
 tls_conn_handshake(struct tls_conn *t, char *why, size_t whylen)
 {
@@ -195,6 +369,7 @@ tls_conn_handshake(struct tls_conn *t, char *why, size_t whylen)
     t->read_wants_write = false;
     if (r == 1) {
         t->established = true;
+        go_compact(t);
         return RMQ_OK;
     }
     int e = SSL_get_error(t->ssl, r);
@@ -228,6 +403,15 @@ read_end(struct tls_conn *t, int e, int saved_errno)
     return -1;
 }
 
+/* Data first, the end with the next call. */
+static ssize_t
+defer_end(struct tls_conn *t, size_t got, int end)
+{
+    t->deferred = end == 0 ? 1 : 2;
+    t->deferred_errno = errno;
+    return (ssize_t)got;
+}
+
 ssize_t
 tls_conn_read(struct tls_conn *t, void *buf, size_t len)
 {
@@ -236,6 +420,15 @@ tls_conn_read(struct tls_conn *t, void *buf, size_t len)
     if (t->deferred) {
         errno = t->deferred_errno;
         return t->deferred == 1 ? 0 : -1;
+    }
+    if (t->compact) {
+        int end = 0;
+        ssize_t n = tls_compact_read(t->compact, t->fd, buf, len, &end);
+        if (end < 0)
+            t->failed = true;
+        if (n <= 0 || end == 0)
+            return n;
+        return defer_end(t, (size_t)n, end > 0 ? 0 : -1);
     }
     while (got < len) {
         size_t want = len - got < INT_MAX ? len - got : INT_MAX;
@@ -258,10 +451,7 @@ tls_conn_read(struct tls_conn *t, void *buf, size_t len)
         int end = read_end(t, e, saved_errno);
         if (!got)
             return end;
-        /* Hand over the data first; the end comes with the next call. */
-        t->deferred = end == 0 ? 1 : 2;
-        t->deferred_errno = errno;
-        return (ssize_t)got;
+        return defer_end(t, got, end);
     }
     return (ssize_t)got;
 }
@@ -273,6 +463,11 @@ tls_conn_write(struct tls_conn *t, struct outq *q, size_t *written)
     t->write_wants_read = false;
     if (t->failed)
         return RMQ_IO;
+    if (t->compact) {
+        enum rmq_status st = tls_compact_write(t->compact, t->fd, q, written);
+        t->failed = st == RMQ_IO;
+        return st;
+    }
     while (outq_pending(q) > 0) {
         const uint8_t *data;
         size_t n;
@@ -317,35 +512,37 @@ tls_conn_wants_read(const struct tls_conn *t)
 bool
 tls_conn_pending(const struct tls_conn *t)
 {
+    if (t->compact)
+        return t->deferred || tls_compact_pending(t->compact);
     return t->deferred || (t->established && SSL_pending(t->ssl) > 0);
 }
 
 char *
 tls_conn_peer_cn(const struct tls_conn *t)
 {
-    X509 *cert = SSL_get1_peer_certificate(t->ssl);
-    char *cn = NULL;
-    if (!cert || SSL_get_verify_result(t->ssl) != X509_V_OK)
-        goto done;
-    X509_NAME *name = X509_get_subject_name(cert);
-    int idx = name ? X509_NAME_get_index_by_NID(name, NID_commonName, -1) : -1;
-    if (idx < 0)
-        goto done;
-    ASN1_STRING *data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-    unsigned char *utf8 = NULL;
-    int n = data ? ASN1_STRING_to_UTF8(&utf8, data) : -1;
-    /* A name with a NUL inside would log and match as something else. */
-    if (n > 0 && n <= 65535 && !memchr(utf8, '\0', (size_t)n))
-        cn = strndup((const char *)utf8, (size_t)n);
-    OPENSSL_free(utf8);
-done:
-    X509_free(cert);
-    ERR_clear_error();
-    return cn;
+    if (!t->ssl)
+        return t->peer_cn ? strdup(t->peer_cn) : NULL;
+    return peer_cn_of(t->ssl);
+}
+
+size_t
+tls_conn_heap(const struct tls_conn *t)
+{
+    return sizeof(*t) + (t->ho ? sizeof(*t->ho) : 0) + (t->peer_cn ? strlen(t->peer_cn) + 1 : 0) +
+           tls_compact_heap(t->compact);
+}
+
+bool
+tls_conn_compact(const struct tls_conn *t)
+{
+    return t->compact != NULL;
 }
 
 void
 tls_conn_describe(const struct tls_conn *t, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s %s", SSL_get_version(t->ssl), SSL_get_cipher_name(t->ssl));
+    if (t->compact)
+        snprintf(buf, size, "%s %s, compact", t->version, t->cipher);
+    else
+        snprintf(buf, size, "%s %s", SSL_get_version(t->ssl), SSL_get_cipher_name(t->ssl));
 }

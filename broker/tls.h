@@ -69,7 +69,15 @@ bool tls_conn_pending(const struct tls_conn *t);
  * string for the caller to free), or NULL without one. */
 char *tls_conn_peer_cn(const struct tls_conn *t);
 
-/* "TLSv1.3 TLS_AES_256_GCM_SHA384" for logs. */
+/* Heap bytes RelayMQ's own part of the session holds (its structs, and for
+ * a compact session whatever is in flight), OpenSSL's not counted. */
+size_t tls_conn_heap(const struct tls_conn *t);
+
+/* The handshake handed the session to the compact record layer (see
+ * tls.c): OpenSSL's session is gone. */
+bool tls_conn_compact(const struct tls_conn *t);
+
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" for logs (", compact" added). */
 void tls_conn_describe(const struct tls_conn *t, char *buf, size_t size);
 
 #endif

@@ -13,7 +13,7 @@
  *
  * Built as BUILD/relaymq-tls-mem (a measuring tool, run by hand):
  *
- *   BUILD/relaymq-tls-mem --cert tls.crt --key tls.key [--n 200] [--tls12]
+ *   BUILD/relaymq-tls-mem --cert tls.crt --key tls.key [--n 200] [--tls12] [--no-compact]
  *       [--ca ca.crt --client-cert c.crt --client-key c.key [--require-cert]
  *        [--cn-as-username]]
  *
@@ -149,7 +149,7 @@ struct pair {
 
 struct opts {
     const char *cert, *key, *ca, *client_cert, *client_key, *suites;
-    bool tls12, require_cert, cn_as_username, cache_off, no_ticket;
+    bool tls12, require_cert, cn_as_username, cache_off, no_ticket, no_compact;
     int n, num_tickets; /* num_tickets: -1 leaves OpenSSL's default (2) */
 };
 
@@ -260,7 +260,7 @@ cmp_sites(const void *a, const void *b)
 }
 
 static void
-report(const struct opts *o, SSL_CTX *srv_ctx)
+report(const struct opts *o, SSL_CTX *srv_ctx, size_t own)
 {
     qsort(sites, (size_t)nsites, sizeof(sites[0]), cmp_sites);
     long bytes = 0, chunks = 0, blocks = 0;
@@ -279,8 +279,8 @@ report(const struct opts *o, SSL_CTX *srv_ctx)
                (double)s->live_bytes / o->n, (double)ch / o->n, s->file, s->line);
     }
     printf("per connection: %.1f blocks, %.0f bytes requested, %.0f bytes in glibc chunks "
-           "(+ struct tls_conn, %ld bytes); server session cache holds %ld\n",
-           (double)blocks / o->n, (double)bytes / o->n, (double)chunks / o->n, (long)chunk(24),
+           "(+ RelayMQ's own TLS state, %ld bytes); server session cache holds %ld\n",
+           (double)blocks / o->n, (double)bytes / o->n, (double)chunks / o->n, (long)own,
            SSL_CTX_sess_number(srv_ctx));
 }
 
@@ -296,6 +296,8 @@ parse(int argc, char **argv, struct opts *o)
             o->require_cert = true;
         else if (!strcmp(a, "--cn-as-username"))
             o->cn_as_username = true;
+        else if (!strcmp(a, "--no-compact"))
+            o->no_compact = true;
         else if (!strcmp(a, "--cache-off"))
             o->cache_off = true;
         else if (!strcmp(a, "--client-no-ticket"))
@@ -331,7 +333,7 @@ main(int argc, char **argv)
     if (!CRYPTO_set_mem_functions(m_malloc, m_realloc, m_free))
         return die("CRYPTO_set_mem_functions failed");
     if (!parse(argc, argv, &o)) {
-        fprintf(stderr, "usage: tls-mem --cert C --key K [--n N] [--tls12] [--ca CA "
+        fprintf(stderr, "usage: tls-mem --cert C --key K [--n N] [--tls12] [--no-compact] [--ca CA "
                         "--client-cert C --client-key K --require-cert --cn-as-username]\n");
         return 2;
     }
@@ -340,6 +342,7 @@ main(int argc, char **argv)
                                .ca_file = o.ca,
                                .require_certificate = o.require_cert,
                                .use_identity_as_username = o.cn_as_username,
+                               .compact_sessions = !o.no_compact,
                                .min_version = LISTENER_TLS_1_2};
     char err[512];
     SSL_CTX *sctx = tls_context_new(&cfg, err, sizeof(err));
@@ -378,7 +381,7 @@ main(int argc, char **argv)
     char *cn = tls_conn_peer_cn(p[0].srv); /* as CONNECT would ask for it */
     printf("%s, client CN %s\n", desc, cn ? cn : "(none)");
     free(cn);
-    report(&o, sctx);
+    report(&o, sctx, tls_conn_heap(p[0].srv));
     for (int i = 0; i < o.n; i++) {
         tls_conn_free(p[i].srv);
         SSL_free(p[i].cli);

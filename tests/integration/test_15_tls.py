@@ -10,7 +10,12 @@ delivered); the certificate's CN as the username (admin API, ACL, password
 not checked), and refused without a certificate; large packets and many
 by-reference payloads intact over TLS; TLS behind HAProxy with a PROXY v2
 header; min-version 1.3 refusing a TLS 1.2 client; garbage, plain MQTT and
-silence on a TLS port closed cleanly with the broker alive; SIGHUP loading a
+silence on a TLS port closed cleanly with the broker alive; compact TLS 1.3
+sessions (OpenSSL's session freed after the handshake) carrying large and
+small messages, resuming with their tickets, counted in
+tls_compact_sessions, a forged record closing the connection (logged,
+counted), while TLS 1.2 and compact-sessions=false stay with OpenSSL and
+work the same; SIGHUP loading a
 new certificate for new connections while open ones carry on, and keeping
 the old one when the new files are bad."""
 import http.client
@@ -35,7 +40,7 @@ from pki_harness import Pki  # noqa: E402
 TMP = tempfile.mkdtemp(prefix="relaymq-it-tls-")
 KEY = "tls-key-" + h.uid("k")
 HTTP_PORT = h.free_port()
-ONEWAY, MUTUAL, IDENTITY, BEHIND, TLS13 = (h.free_port() for _ in range(5))
+ONEWAY, MUTUAL, IDENTITY, BEHIND, TLS13, OPENSSL_ONLY = (h.free_port() for _ in range(6))
 PKI = Pki(TMP)
 path = PKI.path
 CA = PKI.ca
@@ -48,7 +53,8 @@ T = h.Tests(http="%s:%d" % (h.HOST, HTTP_PORT), api_key=KEY, connect_timeout="2s
                    "--listen", "tls://%s:%d?require-certificate=true&use-identity-as-username=true"
                    % (h.HOST, IDENTITY),
                    "--listen", "tls://%s:%d?proxy-protocol=v2" % (h.HOST, BEHIND),
-                   "--listen", "tls://%s:%d?min-version=1.3" % (h.HOST, TLS13)])
+                   "--listen", "tls://%s:%d?min-version=1.3" % (h.HOST, TLS13),
+                   "--listen", "tls://%s:%d?compact-sessions=false" % (h.HOST, OPENSSL_ONLY)])
 HAP = HAProxy({"tls": (BEHIND, "send-proxy-v2")})
 
 
@@ -69,11 +75,12 @@ def client_ctx(cert=None, ca=CA, max_version=None):
 class TlsClient(h.RawClient):
     """RawClient over TLS (python's ssl), verifying the server against CA."""
 
-    def __init__(self, port, cert=None, ctx=None, timeout=h.WAIT):
+    def __init__(self, port, cert=None, ctx=None, timeout=h.WAIT, session=None):
         raw = socket.create_connection((h.HOST, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            self.sock = (ctx or client_ctx(cert)).wrap_socket(raw, server_hostname=h.HOST)
+            self.sock = (ctx or client_ctx(cert)).wrap_socket(raw, server_hostname=h.HOST,
+                                                              session=session)
         except Exception:
             raw.close()
             raise
@@ -270,6 +277,56 @@ def large_and_fanned_out_payloads_intact_over_tls(b):
                     % (i, len(got.payload), len(want)))
         s.disconnect()
     pub.disconnect()
+
+
+def round_trip(port, ctx=None, session=None):
+    """A TLS client subscribes, publishes 70 KiB and small messages to itself
+    at QoS 1 and gets them back; returns its TLS version, session and
+    whether that session was resumed."""
+    c = TlsClient(port, ctx=ctx, session=session)
+    c.connect(h.uid("compact"))
+    topic = "tls/compact/" + h.uid()
+    h.check_eq(c.subscribe([(topic, 1)]), [1], "SUBACK")
+    payloads = [os.urandom(70 * 1024)] + [b"m%d" % i for i in range(20)]
+    for i, p in enumerate(payloads):
+        c.publish(topic, p, qos=1, pid=i + 1)
+    for i, want in enumerate(payloads):
+        h.check(c.recv_publish().payload == want, "payload %d came back changed" % i)
+    seen = (c.sock.version(), c.sock.session, c.sock.session_reused)
+    c.disconnect()
+    return seen
+
+
+@T.case
+def compact_sessions_carry_data_resume_and_step_aside(b):
+    h.relaymq_only("TLS listeners")
+    m = b.metrics()
+    before = m.fresh("tls_compact_sessions")
+    # OpenSSL keeps TLS 1.2 sessions, and TLS 1.3 ones where compact
+    # sessions are off; both carry traffic as before.
+    round_trip(ONEWAY, ctx=client_ctx(max_version=ssl.TLSVersion.TLSv1_2))
+    round_trip(OPENSSL_ONLY)
+    m.expect_unchanged("tls_compact_sessions", before)
+    # TLS 1.3: the session leaves OpenSSL after the handshake; its
+    # ticket resumes a second one, which goes compact too.
+    ctx = client_ctx()
+    version, session, _ = round_trip(ONEWAY, ctx=ctx)
+    h.check_eq(version, "TLSv1.3", "TLS version")
+    _, _, reused = round_trip(ONEWAY, ctx=ctx, session=session)
+    h.check(reused, "the second connection resumed the first one's session")
+    m.expect_increase("tls_compact_sessions", before, by=2)
+    # mosquitto's clients (OpenSSL as well) over a compact session.
+    rc, out = mosq("mosquitto_pub", ONEWAY, "tls/compact/mosq", ["--cafile", CA, "-q", "1"])
+    h.check_eq(rc, 0, "mosquitto_pub over a compact session: %s" % out)
+    # A forged record (written under the TLS layer, straight to the
+    # socket): the broker closes, logs it and counts a socket error.
+    errors = m.fresh("socket_errors")
+    c = tls_connected(ONEWAY)
+    os.write(c.sock.fileno(), b"\x17\x03\x03\x00\x28" + b"\xab" * 40)
+    c.wait_closed()
+    m.expect_increase("socket_errors", errors, by=1)
+    h.check("TLS error after the handshake" in b.log_text(), "the forged record is logged")
+    round_trip(ONEWAY)  # and the broker goes on
 
 
 @T.case

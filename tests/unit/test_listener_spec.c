@@ -16,6 +16,7 @@ static const struct listener_options TLS_DEFAULTS = {
     .tls_cert = "/etc/s.crt",
     .tls_key = "/etc/s.key",
     .tls_ca_file = "/etc/ca.crt",
+    .tls_compact_sessions = true,
 };
 
 static void
@@ -94,6 +95,11 @@ test_tls_defaults_and_overrides(void **state)
     assert_false(s.tls_cfg.require_certificate);
     assert_int_equal(s.tls_cfg.min_version, LISTENER_TLS_1_2);
     assert_null(s.tls_cfg.ciphers);
+    assert_true(s.tls_cfg.compact_sessions);
+    listener_spec_free(&s);
+
+    assert_parses("tls://0.0.0.0:8883?compact-sessions=false", &TLS_DEFAULTS, &s);
+    assert_false(s.tls_cfg.compact_sessions);
     listener_spec_free(&s);
 
     assert_parses("tls://0.0.0.0:8883?require-certificate=true&use-identity-as-username=yes"
