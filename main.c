@@ -113,6 +113,7 @@ broker_config_from(const struct settings *s, struct broker_config *cfg)
         .listener_defaults = listener_options_from(s),
         .node_id = s->node_id,
         .allow_anonymous = s->allow_anonymous,
+        .reuse_port = s->reuse_port,
         .max_packet_size = (uint32_t)s->max_packet_size,
         .max_inflight = (uint16_t)s->max_inflight,
         .max_queued_messages = (uint32_t)s->max_queued_messages,

@@ -10,6 +10,8 @@
 const struct config_option settings_options[] = {
     OPT("listen", CONFIG_LIST, "127.0.0.1:1883", listen, 0, 0,
         "MQTT listener [tcp://|tls://|ws://|wss://]HOST:PORT[?key=value&...] (repeatable)"),
+    OPT("reuse-port", CONFIG_BOOL, "false", reuse_port, 0, 0,
+        "listeners bind with SO_REUSEPORT, so nodes on one host can share their ports"),
     OPT("proxy-protocol", CONFIG_STRING, "off", proxy_protocol, 0, 0,
         "expect a PROXY protocol header on every listener: off, on (v1 or v2), v1 or v2"),
     OPT("tls-cert", CONFIG_STRING, NULL, tls_cert, 0, 0,

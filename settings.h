@@ -21,6 +21,7 @@ struct settings {
     int64_t max_inflight;
     int64_t max_queued_messages;
     uint64_t max_output_buffer;
+    bool reuse_port;
     uint64_t connect_timeout_ms;
     uint64_t sys_interval_ms;
     uint64_t backpressure_timeout_ms;

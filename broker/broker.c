@@ -249,9 +249,10 @@ listener_open(struct broker *b, struct listener_slot *l, const char *address)
         log_error("listen address '%s': %s", address, gai_strerror(rc));
         return RMQ_INVALID;
     }
-    l->lev = evconnlistener_new_bind(b->base, on_accept, l,
-                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                         LEV_OPT_CLOSE_ON_EXEC,
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+    if (b->cfg->reuse_port)
+        flags |= LEV_OPT_REUSEABLE_PORT; /* the kernel spreads connections over the processes */
+    l->lev = evconnlistener_new_bind(b->base, on_accept, l, flags,
                                      LISTEN_BACKLOG, ai->ai_addr, (int)ai->ai_addrlen);
     freeaddrinfo(ai);
     if (!l->lev) {

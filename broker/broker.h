@@ -28,6 +28,7 @@ struct broker_config {
     struct listener_options listener_defaults; /* PROXY and TLS options of every listener */
     const char *node_id;
     bool allow_anonymous;
+    bool reuse_port; /* listeners bind with SO_REUSEPORT: processes share the port */
     uint32_t max_packet_size;     /* bytes; incoming packets above it close the connection */
     uint16_t max_inflight;        /* outgoing QoS 1/2 messages awaiting ack, per client */
     uint32_t max_queued_messages; /* per session, beyond the inflight window */

@@ -33,7 +33,12 @@
 #                     subscribers on b2 (publishers on b1), relaymq-cluster
 #                     puts every client on b1, so
 #                     --brokers relaymq-cross,relaymq-cluster --scenarios pairs
-#                     gives cross-node / same-node throughput
+#                     gives cross-node / same-node throughput;
+#                     relaymq-reuseport starts a redis-server and two nodes
+#                     sharing one port (--reuse-port: the kernel spreads the
+#                     clients over them), so
+#                     --brokers relaymq-reuseport,relaymq-redis
+#                     gives two processes' throughput against one's
 #   --check           pass --check to the message scenarios: exit status 3
 #                     on QoS 1/2 loss, QoS 0/2 duplicates or reordering,
 #                     counted in the table as "check failed"
@@ -123,7 +128,7 @@ WARMUP=1
 want_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
 want_relaymq() {
     want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls ||
-        want_broker relaymq-cross || want_broker relaymq-cluster
+        want_broker relaymq-cross || want_broker relaymq-cluster || want_broker relaymq-reuseport
 }
 broker_label() {
     case "$1" in
@@ -133,6 +138,7 @@ broker_label() {
     mosquitto-tls) echo "Mosquitto/TLS" ;;
     relaymq-cross) echo "cross-node" ;;
     relaymq-cluster) echo "same-node" ;;
+    relaymq-reuseport) echo "2 nodes, 1 port" ;;
     mosquitto) echo Mosquitto ;;
     *) echo "$1" ;;
     esac
@@ -146,8 +152,8 @@ check_brokers() {
     for b in $BROKER_A $BROKER_B; do
         case "$b" in
         relaymq | relaymq-redis | mosquitto | relaymq-tls | mosquitto-tls) ;;
-        relaymq-cross | relaymq-cluster) ;;
-        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls, relaymq-cross, relaymq-cluster)" ;;
+        relaymq-cross | relaymq-cluster | relaymq-reuseport) ;;
+        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls, relaymq-cross, relaymq-cluster, relaymq-reuseport)" ;;
         esac
     done
 }
@@ -283,7 +289,8 @@ fi
 if want_broker mosquitto || want_broker mosquitto-tls; then
     command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found"
 fi
-if want_broker relaymq-redis || want_broker relaymq-cross || want_broker relaymq-cluster; then
+if want_broker relaymq-redis || want_broker relaymq-cross || want_broker relaymq-cluster ||
+    want_broker relaymq-reuseport; then
     command -v "$REDIS_SERVER" >/dev/null || die "redis-server not found (REDIS_SERVER)"
 fi
 
@@ -416,6 +423,19 @@ start_broker() {
             --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
+    relaymq-reuseport)
+        start_redis "$tag" || return 1
+        NODE2_PORT=$port
+        RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
+            --listen "127.0.0.1:$port" --reuse-port true --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b2 >"$OUT/$tag.b2.log" 2>&1 &
+        NODE2_PID=$!
+        RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
+            --listen "127.0.0.1:$port" --reuse-port true --allow-anonymous true \
+            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
+        ;;
     relaymq-tls)
         "$RELAYMQ" --listen "tls://127.0.0.1:$port" --tls-cert "$OUT/tls.crt" \
             --tls-key "$OUT/tls.key" --allow-anonymous true \
@@ -431,7 +451,8 @@ start_broker() {
     BROKER_PORT=$port
     if wait_listen "$port" "$BROKER_PID" &&
         { [ -z "$NODE2_PID" ] || wait_listen "$NODE2_PORT" "$NODE2_PID"; }; then
-        case "$name" in relaymq-redis | relaymq-cross | relaymq-cluster) ;; *) return 0 ;; esac
+        case "$name" in relaymq-redis | relaymq-cross | relaymq-cluster | relaymq-reuseport) ;;
+        *) return 0 ;; esac
         # Clients that connect before the Redis link is up are served
         # without a claim: wait for the link (the node registers on it).
         for _ in $(seq 100); do
