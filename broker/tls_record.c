@@ -7,13 +7,17 @@
  * received). Keys come from the traffic secrets with HKDF-Expand-Label
  * (7.1, 7.3): "key" and "iv", and "traffic upd" for the next secret.
  *
- * Cipher contexts: one per thread, suite and direction, never one per
- * connection (an AES-GCM context is about 1 KiB). Every key derivation
- * gets a number (gen) from a process-wide counter; a context remembers the
- * gen of the key it holds, so a connection whose key is already loaded
- * pays only for a new nonce, another one for a key schedule. Numbers are
- * never reused, so a freed connection's key is never taken for a new
- * connection's at the same address. */
+ * Cipher contexts are not kept per connection (an AES-GCM context is about
+ * 1 KiB, and most connections are idle). Each thread keeps a direct-mapped
+ * cache of KEY_CACHE contexts per suite and direction. Every key
+ * derivation gets a number (gen) from a process-wide counter per
+ * direction, and uses cache slot gen % KEY_CACHE; a slot remembers the gen
+ * of the key it holds, so a connection whose key is still loaded pays only
+ * for a new nonce, and one whose slot another key took pays for a key
+ * schedule (about 0.3 us). Consecutive numbers give up to KEY_CACHE busy
+ * connections a slot each (a fan-out to a few hundred subscribers does
+ * not thrash). Numbers are never reused, so a freed connection's key is
+ * never taken for a new connection's at the same address. */
 #include "broker/tls_record.h"
 
 #include <openssl/core_names.h>
@@ -22,6 +26,7 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { SUITE_AES_128_GCM, SUITE_AES_256_GCM, SUITE_CHACHA20, SUITE_COUNT };
@@ -41,8 +46,11 @@ struct slot {
     uint64_t gen; /* of the key loaded, 0: none */
 };
 
-static _Thread_local struct slot slots[SUITE_COUNT][2]; /* [suite][encrypt] */
-static atomic_uint_fast64_t last_gen;
+#define KEY_CACHE 256u
+
+/* [suite][encrypt][gen % KEY_CACHE], allocated on first use. */
+static _Thread_local struct slot (*slots)[2][KEY_CACHE];
+static atomic_uint_fast64_t last_gen[2]; /* [tx] */
 
 static int
 suite_index(uint16_t id)
@@ -104,7 +112,7 @@ set_secret(const struct tls13 *s, struct tls13_dir *d, const uint8_t *secret)
     OPENSSL_cleanse(d, sizeof(*d));
     memcpy(d->secret, next, su->hash_len);
     OPENSSL_cleanse(next, sizeof(next));
-    d->gen = atomic_fetch_add(&last_gen, 1) + 1;
+    d->gen = atomic_fetch_add(&last_gen[d == &s->tx], 1) + 1;
     return expand_label(su, d->secret, "key", d->key, su->key_len) &&
            expand_label(su, d->secret, "iv", d->iv, sizeof(d->iv));
 }
@@ -147,7 +155,9 @@ tls13_update(const struct tls13 *s, struct tls13_dir *d)
 static EVP_CIPHER_CTX *
 load(const struct tls13 *s, const struct tls13_dir *d, int encrypt)
 {
-    struct slot *sl = &slots[s->suite][encrypt];
+    if (!slots && !(slots = calloc(SUITE_COUNT, sizeof(*slots))))
+        return NULL;
+    struct slot *sl = &slots[s->suite][encrypt][d->gen % KEY_CACHE];
     if (!sl->ctx) {
         EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, SUITES[s->suite].cipher, NULL);
         sl->ctx = cipher ? EVP_CIPHER_CTX_new() : NULL;

@@ -10,8 +10,9 @@
  *
  * Three suites: TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
  * TLS_CHACHA20_POLY1305_SHA256 (the CCM suites stay with OpenSSL). Cipher
- * contexts are not kept per connection: each thread keeps one per suite
- * and direction and reloads the key when another connection's turn comes.
+ * contexts are not kept per connection: each thread keeps a cache of 256
+ * per suite and direction (at most about 600 KiB per suite) and loads a
+ * connection's key into its slot when another key holds it.
  * Loop thread only; the state of one connection is touched by one thread. */
 #ifndef RMQ_BROKER_TLS_RECORD_H
 #define RMQ_BROKER_TLS_RECORD_H
