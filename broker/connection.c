@@ -85,10 +85,12 @@ conn_set_events(struct conn *c, bool want_read, bool want_write)
         event_active(&c->ev, EV_READ, 1); /* kept input still waits to be run */
 }
 
+/* Output not yet written: the queue, and records a compact TLS session
+ * sealed from it that the socket has not taken yet. */
 static size_t
 out_pending(const struct conn *c)
 {
-    return outq_pending(&c->out);
+    return outq_pending(&c->out) + (c->tls ? tls_conn_unsent(c->tls) : 0);
 }
 
 /* Reads resume only once the output has drained below the limit. */

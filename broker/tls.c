@@ -252,6 +252,9 @@ tls_conn_new(struct ssl_ctx_st *ctx, int fd)
     t->fd = fd;
     if (SSL_CTX_get_keylog_callback(ctx) && (t->ho = calloc(1, sizeof(*t->ho)))) {
         SSL_set_app_data(t->ssl, t);
+        /* The server's sequence number comes from this callback's count:
+         * nothing else may install one on this session (a record it did
+         * not count would make us reuse a nonce). */
         SSL_set_msg_callback(t->ssl, on_message);
     }
     return t;
@@ -422,13 +425,12 @@ tls_conn_read(struct tls_conn *t, void *buf, size_t len)
         return t->deferred == 1 ? 0 : -1;
     }
     if (t->compact) {
-        int end = 0;
-        ssize_t n = tls_compact_read(t->compact, t->fd, buf, len, &end);
-        if (end < 0)
+        /* The compact session keeps its own end: data first, then 0 or -1
+         * from every later call. */
+        ssize_t n = tls_compact_read(t->compact, t->fd, buf, len);
+        if (n < 0 && errno != EAGAIN)
             t->failed = true;
-        if (n <= 0 || end == 0)
-            return n;
-        return defer_end(t, (size_t)n, end > 0 ? 0 : -1);
+        return n;
     }
     while (got < len) {
         size_t want = len - got < INT_MAX ? len - got : INT_MAX;
@@ -501,6 +503,12 @@ bool
 tls_conn_wants_write(const struct tls_conn *t)
 {
     return t->read_wants_write;
+}
+
+size_t
+tls_conn_unsent(const struct tls_conn *t)
+{
+    return t->compact ? tls_compact_unsent(t->compact) : 0;
 }
 
 bool

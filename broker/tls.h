@@ -58,6 +58,11 @@ enum rmq_status tls_conn_write(struct tls_conn *t, struct outq *q, size_t *writt
 /* The last read or handshake step waits for the socket to be writable. */
 bool tls_conn_wants_write(const struct tls_conn *t);
 
+/* Bytes taken from the queue by tls_conn_write but not yet written to the
+ * socket (compact sessions seal whole records and keep what the socket did
+ * not take): the connection still has output to flush. */
+size_t tls_conn_unsent(const struct tls_conn *t);
+
 /* The last write waits for the socket to be readable. */
 bool tls_conn_wants_read(const struct tls_conn *t);
 

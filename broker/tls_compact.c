@@ -34,14 +34,29 @@
 
 #define READ_CHUNK (64u * 1024u)
 #define RECORDS_PER_WRITE 4u
+/* Socket reads per tls_compact_read call at most. */
+#define MAX_READS 4
+/* Records in a row that carry no data (KeyUpdate, empty, user_canceled)
+ * before the peer is refused; OpenSSL allows 32 of each. */
+#define MAX_IDLE_RECORDS 32u
 
-enum { ALERT_WARNING = 1, ALERT_CLOSE_NOTIFY = 0, ALERT_USER_CANCELED = 90 };
+enum { ALERT_WARNING = 1, ALERT_FATAL = 2 };
+enum {
+    ALERT_CLOSE_NOTIFY = 0,
+    ALERT_UNEXPECTED_MESSAGE = 10,
+    ALERT_BAD_RECORD_MAC = 20,
+    ALERT_RECORD_OVERFLOW = 22,
+    ALERT_USER_CANCELED = 90,
+};
 enum { HS_KEY_UPDATE = 24 };
 
 struct tls_compact {
     struct tls13 rec;
-    bool key_update_owed; /* the peer asked: ours goes before our next record */
-    uint8_t *in;          /* the start of a record not yet whole */
+    bool key_update_owed;  /* the peer asked: ours goes before our next record */
+    bool closed;           /* close_notify or EOF received: reads return 0 */
+    int read_errno;        /* reading failed: reads return -1 with it */
+    uint32_t idle_records; /* records in a row without data */
+    uint8_t *in;           /* the start of a record not yet whole */
     size_t in_len;
     uint8_t *plain; /* decrypted application data not yet taken */
     size_t plain_off, plain_len;
@@ -117,6 +132,15 @@ keep_out(struct tls_compact *c, const uint8_t *data, size_t n)
     return true;
 }
 
+/* Frees p (from malloc) after zeroing its n bytes. */
+static void
+wipe_free(void *p, size_t n)
+{
+    if (p)
+        OPENSSL_cleanse(p, n);
+    free(p);
+}
+
 void
 tls_compact_free(struct tls_compact *c, int fd, bool close_notify)
 {
@@ -132,9 +156,9 @@ tls_compact_free(struct tls_compact *c, int fd, bool close_notify)
         }
     }
     tls13_wipe(&c->rec);
-    free(c->in);
-    free(c->plain);
-    free(c->out);
+    wipe_free(c->in, c->in_len);
+    wipe_free(c->plain, c->plain_len);
+    wipe_free(c->out, c->out_len);
     free(c);
 }
 
@@ -146,10 +170,22 @@ tls_compact_heap(const struct tls_compact *c)
     return sizeof(*c) + c->in_len + c->plain_len + c->out_len;
 }
 
+static bool
+plain_waiting(const struct tls_compact *c)
+{
+    return c->plain_len > c->plain_off;
+}
+
 bool
 tls_compact_pending(const struct tls_compact *c)
 {
-    return c->plain_len > c->plain_off;
+    return plain_waiting(c) || c->closed || c->read_errno;
+}
+
+size_t
+tls_compact_unsent(const struct tls_compact *c)
+{
+    return c->out_len - c->out_off;
 }
 
 /* Copies kept plaintext to buf; returns the bytes taken. */
@@ -194,74 +230,134 @@ on_handshake(struct tls_compact *c, const uint8_t *msg, size_t n)
     return true;
 }
 
-/* What one read found after the records it opened. */
-enum verdict { GO_ON, ENDED, FAILED };
+/* Ends the session for reading with errno err; the peer is told with a
+ * fatal alert (RFC 8446 6.2) when nothing of ours waits in the socket's
+ * way and err is the peer's fault. */
+static void
+fail(struct tls_compact *c, int fd, int err, uint8_t alert)
+{
+    c->read_errno = err;
+    if (!alert || c->out_len > c->out_off)
+        return;
+    uint8_t rec[TLS13_HEADER + 2 + 1 + TLS13_TAG];
+    rec[TLS13_HEADER] = ALERT_FATAL;
+    rec[TLS13_HEADER + 1] = alert;
+    size_t n = tls13_seal(&c->rec, TLS13_ALERT, rec, 2);
+    if (n && send(fd, rec, n, MSG_NOSIGNAL) < 0) {
+        /* best effort: the connection closes next */
+    }
+}
 
 /* Opens the whole records in data[0..n); application data goes to
  * buf[*got..len) then to c->plain. *used gets the bytes of whole records
- * taken. */
-static enum verdict
-open_records(struct tls_compact *c, uint8_t *data, size_t n, size_t *used, uint8_t *buf, size_t len,
-             size_t *got)
+ * taken. False when the session failed (c->read_errno). */
+static bool
+open_records(struct tls_compact *c, int fd, uint8_t *data, size_t n, size_t *used, uint8_t *buf,
+             size_t len, size_t *got)
 {
     size_t off = 0;
-    enum verdict v = GO_ON;
-    while (v == GO_ON && n - off >= TLS13_HEADER) {
+    while (!c->closed && n - off >= TLS13_HEADER) {
         uint8_t *rec = data + off;
         size_t body = (size_t)rec[3] << 8 | rec[4];
-        if (rec[0] != TLS13_APPLICATION_DATA || body > TLS13_MAX_CIPHER) {
-            errno = EPROTO;
-            return FAILED;
+        if (rec[0] != TLS13_APPLICATION_DATA) {
+            fail(c, fd, EPROTO, ALERT_UNEXPECTED_MESSAGE);
+            return false;
+        }
+        if (body > TLS13_MAX_CIPHER) {
+            fail(c, fd, EPROTO, ALERT_RECORD_OVERFLOW);
+            return false;
         }
         if (n - off < TLS13_HEADER + body)
             break;
         off += TLS13_HEADER + body;
         uint8_t *content, type;
         size_t clen;
-        if (!tls13_open(&c->rec, rec, TLS13_HEADER + body, &content, &clen, &type) ||
-            clen > TLS13_MAX_PLAIN) {
-            errno = EPROTO;
-            return FAILED;
+        if (!tls13_open(&c->rec, rec, TLS13_HEADER + body, &content, &clen, &type)) {
+            fail(c, fd, EPROTO, ALERT_BAD_RECORD_MAC);
+            return false;
+        }
+        /* The inner plaintext, padding included, is at most 2^14 + 1. */
+        if (body - TLS13_TAG > TLS13_MAX_PLAIN + 1) {
+            fail(c, fd, EPROTO, ALERT_RECORD_OVERFLOW);
+            return false;
+        }
+        bool data_record = type == TLS13_APPLICATION_DATA && clen > 0;
+        /* Records without data cost work and give nothing: a peer that
+         * sends many in a row is refused, as OpenSSL does. */
+        c->idle_records = data_record ? 0 : c->idle_records + 1;
+        if (c->idle_records > MAX_IDLE_RECORDS) {
+            fail(c, fd, EPROTO, ALERT_UNEXPECTED_MESSAGE);
+            return false;
         }
         if (type == TLS13_APPLICATION_DATA) {
             size_t direct = len - *got < clen ? len - *got : clen;
             memcpy(buf + *got, content, direct);
             *got += direct;
             if (direct < clen && !keep_plain(c, content + direct, clen - direct)) {
-                errno = ENOMEM;
-                return FAILED;
+                fail(c, fd, ENOMEM, 0);
+                return false;
             }
         } else if (type == TLS13_ALERT && clen == 2) {
             if (content[1] == ALERT_CLOSE_NOTIFY)
-                v = ENDED;
+                c->closed = true; /* anything after it is ignored */
             else if (content[1] != ALERT_USER_CANCELED) {
-                errno = EPROTO; /* a fatal alert from the peer */
-                return FAILED;
+                fail(c, fd, EPROTO, 0); /* the peer's fatal alert */
+                return false;
             }
         } else if (type != TLS13_HANDSHAKE || !on_handshake(c, content, clen)) {
-            errno = EPROTO;
-            return FAILED;
+            fail(c, fd, EPROTO, ALERT_UNEXPECTED_MESSAGE);
+            return false;
         }
     }
     *used = off;
-    return v;
+    return true;
+}
+
+/* Keeps data[0..n) (the start of a record) for the next read. */
+static bool
+keep_in(struct tls_compact *c, const uint8_t *data, size_t n)
+{
+    if (n && !(c->in = malloc(n)))
+        return false;
+    if (n)
+        memcpy(c->in, data, n);
+    c->in_len = n;
+    return true;
+}
+
+/* What the session has when the socket is not read (again): kept data,
+ * then the end or the error, else nothing yet. */
+static ssize_t
+no_more_input(struct tls_compact *c, uint8_t *buf, size_t len, size_t got)
+{
+    if (got)
+        return (ssize_t)got;
+    if (plain_waiting(c))
+        return (ssize_t)take_plain(c, buf, len);
+    if (c->read_errno) {
+        errno = c->read_errno;
+        return -1;
+    }
+    if (c->closed)
+        return 0;
+    errno = EAGAIN;
+    return -1;
 }
 
 ssize_t
-tls_compact_read(struct tls_compact *c, int fd, void *out, size_t len, int *end)
+tls_compact_read(struct tls_compact *c, int fd, void *out, size_t len)
 {
     uint8_t *buf = out;
-    *end = 0;
     if (tls_compact_pending(c))
-        return (ssize_t)take_plain(c, buf, len);
+        return no_more_input(c, buf, len, 0);
     struct scratch *sc = get_scratch();
     if (!sc) {
-        *end = -1;
         errno = ENOMEM;
         return -1;
     }
     size_t got = 0;
-    for (;;) {
+    /* A few reads at most: what is left raises the next EV_READ. */
+    for (int reads = 0; reads < MAX_READS && !got && !tls_compact_pending(c); reads++) {
         size_t have = c->in_len;
         if (have)
             memcpy(sc->in, c->in, have);
@@ -270,53 +366,30 @@ tls_compact_read(struct tls_compact *c, int fd, void *out, size_t len, int *end)
         c->in_len = 0;
         ssize_t n = read(fd, sc->in + have, sizeof(sc->in) - have);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            if (have && !(c->in = malloc(have))) {
-                *end = -1;
+            if (!keep_in(c, sc->in, have)) {
                 errno = ENOMEM;
                 return -1;
             }
-            if (have)
-                memcpy(c->in, sc->in, have);
-            c->in_len = have;
-            errno = EAGAIN;
-            return -1;
+            break;
         }
         if (n <= 0) {
             /* EOF without close_notify ends the stream like one, unless
              * it cuts a record. */
-            if (n == 0 && !have) {
-                *end = 1;
-                return 0;
-            }
-            if (n == 0)
-                errno = ECONNRESET;
-            *end = -1;
-            return -1;
+            if (n == 0 && !have)
+                c->closed = true;
+            else
+                c->read_errno = n == 0 ? ECONNRESET : errno;
+            break;
         }
         size_t total = have + (size_t)n, used = 0;
-        enum verdict v = open_records(c, sc->in, total, &used, buf, len, &got);
-        if (v == FAILED) {
-            *end = -1;
-            return -1;
+        if (!open_records(c, fd, sc->in, total, &used, buf, len, &got))
+            break;
+        if (!c->closed && !keep_in(c, sc->in + used, total - used)) {
+            c->read_errno = ENOMEM;
+            break;
         }
-        if (v == ENDED) {
-            *end = 1;
-            return (ssize_t)got;
-        }
-        if (used < total) {
-            if (!(c->in = malloc(total - used))) {
-                *end = -1;
-                errno = ENOMEM;
-                return -1;
-            }
-            memcpy(c->in, sc->in + used, total - used);
-            c->in_len = total - used;
-        }
-        if (got)
-            return (ssize_t)got;
-        /* Only a partial record, a KeyUpdate or an empty record: more may
-         * be in the socket. */
     }
+    return no_more_input(c, buf, len, got);
 }
 
 /* Gathers up to room bytes of q's plaintext at dst; returns how many. */

@@ -32,11 +32,12 @@ void tls_compact_free(struct tls_compact *c, int fd, bool close_notify);
 
 /* Reads and decrypts, as read(2) would: > 0 bytes of application data,
  * 0 at the end of the stream, -1 with errno (EAGAIN: nothing yet; EPROTO: a
- * record that does not authenticate or is not allowed, or a fatal alert;
- * ECONNRESET: a reset or a stream cut inside a record). *end tells what
- * follows the bytes returned: 0 nothing known, 1 the end, -1 an error
- * (errno says which). */
-ssize_t tls_compact_read(struct tls_compact *c, int fd, void *buf, size_t len, int *end);
+ * record that does not authenticate or is not allowed, a fatal alert, or
+ * too many records in a row without data; ECONNRESET: a reset or a stream
+ * cut inside a record). The data received before an end or an error is
+ * returned first; from then on every call returns the end (0) or the
+ * error again. On an error a fatal alert is sent when the socket takes it. */
+ssize_t tls_compact_read(struct tls_compact *c, int fd, void *buf, size_t len);
 
 /* Seals what q holds into records (up to 16 KiB of plaintext each, several
  * per write) and writes them, as outq_write does: RMQ_OK when all is
@@ -44,10 +45,14 @@ ssize_t tls_compact_read(struct tls_compact *c, int fd, void *buf, size_t len, i
  * RMQ_IO on an error. *written gets the plaintext bytes taken from q. */
 enum rmq_status tls_compact_write(struct tls_compact *c, int fd, struct outq *q, size_t *written);
 
+/* Sealed bytes the socket has not taken yet. */
+size_t tls_compact_unsent(const struct tls_compact *c);
+
 /* Heap bytes c holds (0 for NULL). */
 size_t tls_compact_heap(const struct tls_compact *c);
 
-/* Decrypted bytes wait to be read: read again without waiting for fd. */
+/* Decrypted bytes, or the end or an error, wait to be read: read again
+ * without waiting for fd. */
 bool tls_compact_pending(const struct tls_compact *c);
 
 #endif

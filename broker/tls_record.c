@@ -84,9 +84,10 @@ expand_label(const struct suite *su, const uint8_t *secret, const char *label, u
     memcpy(info + 3 + sizeof(PREFIX) - 1, label, strlen(label));
     info[3 + label_len] = 0; /* empty context */
 
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    static _Thread_local EVP_KDF *kdf; /* fetched once per thread, kept */
+    if (!kdf)
+        kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-    EVP_KDF_free(kdf);
     int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
@@ -134,9 +135,25 @@ tls13_init(struct tls13 *s, uint16_t suite_id, const uint8_t *client_secret,
     return false;
 }
 
+/* The cached context holding d's key, if one does, is keyed with zeros
+ * instead: a closed connection's keys do not stay in the cache. */
+static void
+forget(const struct tls13 *s, const struct tls13_dir *d, int encrypt)
+{
+    static const uint8_t ZERO[32];
+    struct slot *sl = slots && d->gen ? &slots[s->suite][encrypt][d->gen % KEY_CACHE] : NULL;
+    if (!sl || !sl->ctx || sl->gen != d->gen)
+        return;
+    if (EVP_CipherInit_ex(sl->ctx, NULL, NULL, ZERO, NULL, encrypt) != 1)
+        ERR_clear_error();
+    sl->gen = 0;
+}
+
 void
 tls13_wipe(struct tls13 *s)
 {
+    forget(s, &s->rx, 0);
+    forget(s, &s->tx, 1);
     OPENSSL_cleanse(s, sizeof(*s));
 }
 
@@ -144,6 +161,7 @@ bool
 tls13_update(const struct tls13 *s, struct tls13_dir *d)
 {
     uint8_t next[sizeof(d->secret)];
+    forget(s, d, d == &s->tx);
     bool ok = expand_label(&SUITES[s->suite], d->secret, "traffic upd", next, s->hash_len) &&
               set_secret(s, d, next);
     OPENSSL_cleanse(next, sizeof(next));
@@ -191,6 +209,8 @@ tls13_seal(struct tls13 *s, uint8_t type, uint8_t *rec, size_t len)
 {
     uint8_t *body = rec + TLS13_HEADER;
     size_t inner = len + 1, total = inner + TLS13_TAG;
+    if (len > TLS13_MAX_PLAIN)
+        return 0;
     body[len] = type;
     rec[0] = TLS13_APPLICATION_DATA;
     rec[1] = 3;

@@ -14,7 +14,8 @@ silence on a TLS port closed cleanly with the broker alive; compact TLS 1.3
 sessions (OpenSSL's session freed after the handshake) carrying large and
 small messages, resuming with their tickets, counted in
 tls_compact_sessions, a forged record closing the connection (logged,
-counted), while TLS 1.2 and compact-sessions=false stay with OpenSSL and
+counted), a slow subscriber with a small window getting a whole burst
+intact, while TLS 1.2 and compact-sessions=false stay with OpenSSL and
 work the same; SIGHUP loading a
 new certificate for new connections while open ones carry on, and keeping
 the old one when the new files are bad."""
@@ -75,8 +76,12 @@ def client_ctx(cert=None, ca=CA, max_version=None):
 class TlsClient(h.RawClient):
     """RawClient over TLS (python's ssl), verifying the server against CA."""
 
-    def __init__(self, port, cert=None, ctx=None, timeout=h.WAIT, session=None):
-        raw = socket.create_connection((h.HOST, port), timeout=timeout)
+    def __init__(self, port, cert=None, ctx=None, timeout=h.WAIT, session=None, rcvbuf=None):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connect: it sets the TCP window offered
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(timeout)
+        raw.connect((h.HOST, port))
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.sock = (ctx or client_ctx(cert)).wrap_socket(raw, server_hostname=h.HOST,
@@ -327,6 +332,29 @@ def compact_sessions_carry_data_resume_and_step_aside(b):
     m.expect_increase("socket_errors", errors, by=1)
     h.check("TLS error after the handshake" in b.log_text(), "the forged record is logged")
     round_trip(ONEWAY)  # and the broker goes on
+
+
+@T.case
+def slow_subscriber_gets_everything_without_pinging(b):
+    """A burst to a subscriber with a small TCP window that reads nothing for
+    a second: the broker's sends stay partial and records wait sealed in the
+    compact session; all of it arrives intact once the subscriber reads,
+    without the subscriber sending anything (QoS 0, no keepalive)."""
+    h.relaymq_only("TLS listeners")
+    topic = "tls/slow/" + h.uid()
+    sub = TlsClient(ONEWAY, rcvbuf=4096)  # a small window: the broker's sends stay partial
+    sub.connect(h.uid("slow"), keepalive=0)
+    h.check_eq(sub.subscribe([(topic, 0)]), [0], "SUBACK")
+    pub = tls_connected(ONEWAY)
+    payloads = [os.urandom(200 * 1024) for _ in range(30)]
+    for p in payloads:  # one burst
+        pub.publish(topic, p, qos=0)
+    time.sleep(1)  # nothing read meanwhile: the sockets fill up
+    for i, want in enumerate(payloads):
+        got = sub.recv_publish()
+        h.check(got.payload == want, "payload %d differs" % i)
+    sub.disconnect()
+    pub.disconnect()
 
 
 @T.case

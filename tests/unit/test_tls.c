@@ -342,6 +342,122 @@ test_close_notify(void **state)
     pair_close(&p);
 }
 
+/* close_notify behind more data than a read takes: every byte first,
+ * then the end, and the end again. */
+static void
+test_close_notify_after_more_than_a_read(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p, NULL, TLS1_3_VERSION, true);
+    size_t n = 48 * 1024, have = 0;
+    uint8_t *sent = malloc(n), *got = malloc(n);
+    pattern(sent, n, 3);
+    for (size_t off = 0; off < n;) {
+        int w = SSL_write(p.client, sent + off, (int)(n - off)); /* a record at a time */
+        assert_true(w > 0);
+        off += (size_t)w;
+    }
+    SSL_shutdown(p.client);
+    ssize_t r;
+    while ((r = tls_conn_read(p.server, got + have, n - have < 20000 ? n - have : 20000)) > 0)
+        have += (size_t)r;
+    assert_int_equal(r, 0);
+    assert_int_equal(have, n);
+    assert_memory_equal(sent, got, n);
+    assert_true(tls_conn_pending(p.server)); /* the end waits to be read again */
+    assert_int_equal(tls_conn_read(p.server, got, 10), 0);
+    free(sent);
+    free(got);
+    pair_close(&p);
+}
+
+/* Records sealed from the queue that the socket did not take are still
+ * output to flush, even when the queue itself is empty. */
+static void
+test_unsent_records_count_as_output(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p, NULL, TLS1_3_VERSION, true);
+    int small = 4608;
+    setsockopt(p.sfd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    setsockopt(p.cfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    struct outq q = {0};
+    size_t n = 30000, w;
+    memset(outq_reserve(&q, n), 'x', n);
+    assert_int_equal(tls_conn_write(p.server, &q, &w), RMQ_AGAIN);
+    assert_int_equal(outq_pending(&q), 0);
+    assert_true(tls_conn_unsent(p.server) > 0);
+    uint8_t *got = malloc(n);
+    size_t have = 0;
+    enum rmq_status st = RMQ_AGAIN;
+    for (int spins = 0; (have < n || st != RMQ_OK) && spins < 100000; spins++) {
+        int r = SSL_read(p.client, got + have, (int)(n - have));
+        if (r > 0)
+            have += (size_t)r;
+        if (st != RMQ_OK)
+            st = tls_conn_write(p.server, &q, &w);
+    }
+    assert_int_equal(st, RMQ_OK);
+    assert_int_equal(have, n);
+    assert_int_equal(tls_conn_unsent(p.server), 0);
+    free(got);
+    outq_clear(&q);
+    pair_close(&p);
+}
+
+/* KeyUpdates are fine between data, but a peer that sends more than 32
+ * records in a row without data is refused. */
+static void
+test_records_without_data_are_capped(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p, NULL, TLS1_3_VERSION, true);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 20; i++) {
+            assert_int_equal(SSL_key_update(p.client, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+            assert_int_equal(SSL_do_handshake(p.client), 1);
+        }
+        client_to_server(&p, 100, 100, 4096);
+    }
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(SSL_key_update(p.client, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+        assert_int_equal(SSL_do_handshake(p.client), 1);
+    }
+    char buf[64];
+    errno = 0;
+    assert_int_equal(tls_conn_read(p.server, buf, sizeof(buf)), -1);
+    assert_int_equal(errno, EPROTO);
+    /* The client is told: a fatal alert. */
+    assert_true(SSL_read(p.client, buf, sizeof(buf)) <= 0);
+    pair_close(&p);
+}
+
+/* Data authenticated before a forged record is handed over; then the
+ * error, every time. */
+static void
+test_data_before_a_forged_record(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p, NULL, TLS1_3_VERSION, true);
+    assert_int_equal(SSL_write(p.client, "abc", 3), 3);
+    uint8_t forged[5 + 40] = {23, 3, 3, 0, 40};
+    memset(forged + 5, 0xab, 40);
+    assert_int_equal(write(p.cfd, forged, sizeof(forged)), (ssize_t)sizeof(forged));
+    char buf[64];
+    assert_int_equal(tls_conn_read(p.server, buf, sizeof(buf)), 3);
+    assert_memory_equal(buf, "abc", 3);
+    for (int i = 0; i < 2; i++) {
+        errno = 0;
+        assert_int_equal(tls_conn_read(p.server, buf, sizeof(buf)), -1);
+        assert_int_equal(errno, EPROTO);
+    }
+    pair_close(&p);
+}
+
 /* Raw bytes after the handshake; the server's read must fail with err. */
 static void
 expect_refused(const uint8_t *bytes, size_t n, bool then_close, int err)
@@ -437,10 +553,18 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_aes_256_gcm), cmocka_unit_test(test_aes_128_gcm),
-        cmocka_unit_test(test_chacha20),    cmocka_unit_test(test_stays_with_openssl),
-        cmocka_unit_test(test_key_update),  cmocka_unit_test(test_close_notify),
-        cmocka_unit_test(test_bad_records), cmocka_unit_test(test_record_codec),
+        cmocka_unit_test(test_aes_256_gcm),
+        cmocka_unit_test(test_aes_128_gcm),
+        cmocka_unit_test(test_chacha20),
+        cmocka_unit_test(test_stays_with_openssl),
+        cmocka_unit_test(test_key_update),
+        cmocka_unit_test(test_close_notify),
+        cmocka_unit_test(test_close_notify_after_more_than_a_read),
+        cmocka_unit_test(test_unsent_records_count_as_output),
+        cmocka_unit_test(test_records_without_data_are_capped),
+        cmocka_unit_test(test_data_before_a_forged_record),
+        cmocka_unit_test(test_bad_records),
+        cmocka_unit_test(test_record_codec),
     };
     return cmocka_run_group_tests(tests, make_certificate, remove_certificate);
 }
