@@ -364,7 +364,16 @@ tls_compact_read(struct tls_compact *c, int fd, void *out, size_t len)
         free(c->in);
         c->in = NULL;
         c->in_len = 0;
-        ssize_t n = read(fd, sc->in + have, sizeof(sc->in) - have);
+        /* No more ciphertext than the caller can take as plaintext (a
+         * record's plaintext is shorter than the record), so that nothing
+         * usually has to wait in c->plain; but a whole record at least,
+         * so that a small read does not take many system calls. */
+        size_t want = len > have ? len - have : 0;
+        if (want < TLS13_HEADER + TLS13_MAX_CIPHER)
+            want = TLS13_HEADER + TLS13_MAX_CIPHER;
+        if (want > sizeof(sc->in) - have)
+            want = sizeof(sc->in) - have;
+        ssize_t n = read(fd, sc->in + have, want);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
             if (!keep_in(c, sc->in, have)) {
                 errno = ENOMEM;
