@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/utf8_reference.h"
 #include "broker/packet_codec.h"
 #include "broker/topic.h"
 
@@ -54,38 +55,6 @@ same_str(struct mqtt_str a, struct mqtt_str b)
 }
 
 /* ---- slow references ---- */
-
-static size_t
-ref_utf8_char(const uint8_t *s, size_t len)
-{
-    static const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
-    size_t n = s[0] < 0x80             ? 1
-               : (s[0] & 0xe0) == 0xc0 ? 2
-               : (s[0] & 0xf0) == 0xe0 ? 3
-               : (s[0] & 0xf8) == 0xf0 ? 4
-                                       : 0;
-    uint32_t cp = n == 1 ? s[0] : s[0] & (0x7fu >> n);
-
-    if (n == 0 || len < n)
-        return 0;
-    for (size_t k = 1; k < n; k++) {
-        if ((s[k] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[k] & 0x3fu);
-    }
-    if (cp < min_cp[n] || cp == 0 || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
-static bool
-ref_utf8_valid(const uint8_t *s, size_t len)
-{
-    for (size_t i = 0, n; i < len; i += n)
-        if ((n = ref_utf8_char(s + i, len - i)) == 0)
-            return false;
-    return true;
-}
 
 /* Level cursor: the next '/'-separated level of s after *pos. */
 static bool
