@@ -27,14 +27,16 @@
 #include "broker/tls.h"
 #include "broker/tls_record.h"
 
-static char cert_path[64], key_path[64], dir_path[32];
+static char cert_path[512], key_path[512], dir_path[480];
 
 /* A throw-away self-signed P-256 certificate in a temporary directory. */
 static int
 make_certificate(void **state)
 {
     (void)state;
-    snprintf(dir_path, sizeof(dir_path), "/tmp/rmq-tls-XXXXXX");
+    /* mkdtemp replaces the XXXXXX with a unique name. */
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir_path, sizeof(dir_path), "%s/rmq-tls-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(dir_path))
         return -1;
     snprintf(cert_path, sizeof(cert_path), "%s/c.pem", dir_path);
