@@ -17,7 +17,9 @@
 
 /* Reaps a dead node (or, with ARGV[3] = '1', this node's previous life):
  * removes its device entries and returns them with their wills. SREM on
- * the node set makes exactly one caller do it. */
+ * the node set makes exactly one caller do it. ARGV[4] stream maxlen,
+ * [5] now, [6] this life's epoch: the "!" announcement of a previous life
+ * carries it, so survivors adopt only what that life left (routes.c). */
 static const char reap_lua[] =
     "local p, dead = ARGV[1], ARGV[2]\n"
     "if ARGV[3] ~= '1' then\n"
@@ -51,7 +53,7 @@ static const char reap_lua[] =
     "redis.call('DEL', set)\n"
     /* Its subscriptions: gone from every node's route table. */
     "redis.call('DEL', p .. 'routes:' .. dead)\n"
-    "redis.call('PUBLISH', p .. 'routes', '!\\t' .. dead)\n"
+    "redis.call('PUBLISH', p .. 'routes', '!\\t' .. dead .. (ARGV[3] == '1' and '\\t' .. ARGV[6] or ''))\n"
     "return out\n";
 
 /* Node ids in the node set whose record has expired. */
@@ -132,12 +134,13 @@ reap(struct cluster *cl, const char *node, bool own_previous_life)
         return;
     x->cl = cl;
     memcpy(x->node, node, n);
-    char maxlen[24], now[24];
+    char maxlen[24], now[24], epoch[24];
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)cl->cfg->events_maxlen);
     snprintf(now, sizeof(now), "%llu", (unsigned long long)clock_wall_ms());
+    snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)cl->epoch);
     const char *argv[] = {cl->key_nodes, cl->cfg->prefix, node, own_previous_life ? "1" : "0",
-                          maxlen, now};
-    if (redis_link_eval(cl->redis, cl->script_reap, on_reap_reply, x, 1, 6, argv, NULL) != RMQ_OK)
+                          maxlen, now, epoch};
+    if (redis_link_eval(cl->redis, cl->script_reap, on_reap_reply, x, 1, 7, argv, NULL) != RMQ_OK)
         free(x);
 }
 

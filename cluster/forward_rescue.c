@@ -157,8 +157,9 @@ on_rescue(evutil_socket_t fd, short what, void *arg)
  * off its link and rescued after RESCUE_DELAY_MS, once survivors have
  * adopted its sessions and returning clients restored theirs. */
 void
-rescue_on_node_left(void *ctx, const char *node)
+rescue_on_node_left(void *ctx, const char *node, uint64_t since_ms)
 {
+    (void)since_ms; /* what waits on the link was sent to whichever life */
     struct forwarder *f = ctx;
     struct link *l = hashmap_get(f->links, node, strlen(node));
     if (!l || l->head == l->len)

@@ -159,7 +159,7 @@ void handle_forward(struct http_request *req, void *ctx);
 
 /* routes_on_node_left (durable; ctx is the forwarder): takes what waits
  * for the node off its link and rescues it after a delay. */
-void rescue_on_node_left(void *ctx, const char *node);
+void rescue_on_node_left(void *ctx, const char *node, uint64_t since_ms);
 
 /* At shutdown: drops the rescues still waiting (logged). */
 void rescue_abandon_all(struct forwarder *f);

@@ -111,7 +111,7 @@ struct routes {
     struct hashmap *nodes; /* id -> struct remote */
     uint64_t match_gen;
     struct {
-        void (*fn)(void *ctx, const char *node);
+        void (*fn)(void *ctx, const char *node, uint64_t since_ms);
         void *ctx;
     } node_left[ROUTES_MAX_LEFT_LISTENERS];
     size_t node_left_count;
@@ -268,11 +268,11 @@ load_node(struct routes *r, const redisReply *e, bool replace)
 /* The node left (or never came back after a reconnect): its routes go and
  * the listeners hear of it. */
 static void
-node_gone(struct routes *r, const char *id)
+node_gone(struct routes *r, const char *id, uint64_t since_ms)
 {
     drop_node(r, id);
     for (size_t i = 0; i < r->node_left_count; i++)
-        r->node_left[i].fn(r->node_left[i].ctx, id);
+        r->node_left[i].fn(r->node_left[i].ctx, id, since_ms);
 }
 
 struct load_ctx {
@@ -301,7 +301,7 @@ on_loaded(struct redisReply *reply, void *arg)
         } else if (reply->elements == 0) {
             struct remote *n = get_node(r, x->id, strlen(x->id), false);
             if (n && n->stale_since_ms) /* it never came back: gone */
-                node_gone(r, x->id);
+                node_gone(r, x->id, 0);
         }
         for (size_t i = 0; i < reply->elements; i++)
             load_node(r, reply->element[i], x->id[0] != '\0');
@@ -390,7 +390,9 @@ on_message(const char *data, size_t len, void *arg)
         load(r, node);
         return;
     case '!':
-        node_gone(r, node);
+        /* "!\tnode\tsince": the node restarted at since (ms) and reaped its
+         * previous life; what it holds from since on is its new life's. */
+        node_gone(r, node, tab2 ? strtoull(tab2 + 1, NULL, 10) : 0);
         return;
     default:
         return;
@@ -632,7 +634,8 @@ routes_write_metrics(FILE *out, void *arg)
 }
 
 enum rmq_status
-routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node), void *ctx)
+routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node, uint64_t since_ms),
+                    void *ctx)
 {
     if (r->node_left_count == ROUTES_MAX_LEFT_LISTENERS)
         return RMQ_INVALID;

@@ -16,6 +16,7 @@
 #define RMQ_CLUSTER_ROUTES_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -61,10 +62,14 @@ void routes_foreach_node(struct routes *r, routes_node_fn fn, void *arg);
 
 #define ROUTES_MAX_LEFT_LISTENERS 4
 
-/* Calls fn(ctx, node) when another node leaves the route table ("!": a
- * clean shutdown, or reaped as dead), after its routes are dropped. Up to
- * ROUTES_MAX_LEFT_LISTENERS, called in the order added; start-up only. */
-enum rmq_status routes_on_node_left(struct routes *r, void (*fn)(void *ctx, const char *node),
+/* Calls fn(ctx, node, since_ms) when another node leaves the route table
+ * ("!": a clean shutdown, or reaped as dead), after its routes are
+ * dropped. since_ms 0: the node is gone; otherwise it restarted at
+ * since_ms (wall clock) and reaped its previous life, so only what it held
+ * from before since_ms is left behind. Up to ROUTES_MAX_LEFT_LISTENERS,
+ * called in the order added; start-up only. */
+enum rmq_status routes_on_node_left(struct routes *r,
+                                    void (*fn)(void *ctx, const char *node, uint64_t since_ms),
                                     void *ctx);
 
 /* A /metrics source: replicated filters and nodes, resyncs, changes. */

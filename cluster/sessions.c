@@ -80,21 +80,27 @@ static const char online_lua[] =
     "redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', ARGV[2])\n"
     "return out\n";
 
-/* ARGV: prefix, the node that left, this node, now. Moves the offline
- * sessions it held to this node (the first survivor to ask gets them all)
- * and returns their client ids. */
+/* ARGV: prefix, the node that left, this node, now, since. Moves the
+ * offline sessions it held to this node (the first survivor to ask gets
+ * them all) and returns their client ids. since > 0: the node restarted
+ * then, and the sessions it took or updated since are its new life's
+ * (a client may have connected the moment it came up): they stay. */
 static const char adopt_lua[] =
     "local src = ARGV[1] .. 'node:' .. ARGV[2] .. ':sessions'\n"
+    "local since = tonumber(ARGV[5])\n"
     "local out = {}\n"
     "for _, c in ipairs(redis.call('SMEMBERS', src)) do\n"
     "  local k = ARGV[1] .. 'sess:' .. c\n"
-    "  if redis.call('HGET', k, 'node') == ARGV[2] then\n"
+    "  local h = redis.call('HMGET', k, 'node', 'updated_ms')\n"
+    "  if h[1] ~= ARGV[2] then\n"
+    "    redis.call('SREM', src, c)\n"
+    "  elseif since == 0 or tonumber(h[2] or '0') < since then\n"
     "    redis.call('HSET', k, 'node', ARGV[3], 'online', '0', 'updated_ms', ARGV[4])\n"
     "    redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', c)\n"
+    "    redis.call('SREM', src, c)\n"
     "    table.insert(out, c)\n"
     "  end\n"
     "end\n"
-    "redis.call('DEL', src)\n"
     "return out\n";
 
 /* ARGV: prefix, client, node: forget the session everywhere. */
@@ -574,12 +580,13 @@ on_adopted(struct redisReply *r, void *arg)
 /* routes_on_node_left: keep its clients' offline sessions (and so their
  * routes) alive here until they come back. */
 static void
-on_node_left(void *ctx, const char *node)
+on_node_left(void *ctx, const char *node, uint64_t since_ms)
 {
     struct sessions *sm = ctx;
-    char now[24];
+    char now[24], since[24];
     snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
-    const char *argv[] = {sm->cfg->prefix, node, sm->cfg->node_id, now};
+    snprintf(since, sizeof(since), "%" PRIu64, since_ms);
+    const char *argv[] = {sm->cfg->prefix, node, sm->cfg->node_id, now, since};
     size_t n = strlen(node) + 1;
     struct adoption *a = malloc(sizeof(*a) + n);
     if (!a) {
@@ -588,7 +595,7 @@ on_node_left(void *ctx, const char *node)
     }
     a->sm = sm;
     memcpy(a->node, node, n);
-    if (redis_link_eval(sm->link, sm->script_adopt, on_adopted, a, 0, 4, argv, NULL) != RMQ_OK)
+    if (redis_link_eval(sm->link, sm->script_adopt, on_adopted, a, 0, 5, argv, NULL) != RMQ_OK)
         free(a);
 }
 

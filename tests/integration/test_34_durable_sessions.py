@@ -18,6 +18,10 @@ A real redis-server and two nodes n1, n2, every node with
       adopted by a survivor); both end up with every message (duplicates
       allowed: QoS 1), and a clean subscriber on n2 gets each once, in
       order.
+  restarted_node_keeps_new_sessions_survivors_adopt_old_ones
+      a node killed and restarted at once: a survivor adopts the offline
+      session of its previous life, and leaves the session its new life
+      holds (updated after the restart) where it is.
   durable_sessions_need_redis
       a standalone node refuses the option with a clear error.
 """
@@ -202,6 +206,53 @@ def node_killed_under_qos1_load_loses_nothing_for_sessions_that_reconnect():
         for s in (s1, s2):
             ch.stop_quietly(s.paho)
         ch.stop_quietly(clean, pub)
+        v.kill()
+
+
+@case
+def restarted_node_keeps_new_sessions_survivors_adopt_old_ones():
+    """A node that restarts reaps its previous life and announces it; the
+    survivors adopt the offline sessions that life left, not one a client
+    opened on the new life the moment it came up (which they once took,
+    leaving the client connected to a node whose session had moved)."""
+    v = victim("v3")
+    old_cid, new_cid = h.uid("old"), h.uid("new")
+    c = None
+    try:
+        c = h.RawClient(v.port)
+        h.check(not c.connect(old_cid, clean=False), "a new session is not present")
+        h.check_eq(c.subscribe([(h.uid("old") + "/#", 1)]), [1], "SUBACK")
+        c.disconnect()
+        h.wait_until(lambda: REDIS.hgetall("sess:" + old_cid).get("online") == "0",
+                     interval=0.05, what="sess:%s offline on v3" % old_cid)
+        v.kill9()
+        # What a client that connects to the new life at once leaves in
+        # Redis, written before the restart so that the survivors' adoption
+        # surely comes after it: the new life's session is updated after its
+        # start.
+        later = int(time.time() * 1000) + 60_000
+        REDIS.cli("HSET", ch.PREFIX + "sess:" + new_cid, "node", "v3", "online", "1",
+                  "updated_ms", str(later))
+        REDIS.cli("SADD", ch.PREFIX + "node:v3:sessions", new_cid)
+        v = v.restarted().start()
+        h.wait_until(lambda: REDIS.hgetall("sess:" + old_cid).get("node") in ("n1", "n2"),
+                     h.WAIT, interval=0.05, what="the old life's session adopted by a survivor")
+        h.check_eq(REDIS.hgetall("sess:" + new_cid).get("node"), "v3",
+                   "holder of the new life's session")
+        h.check(new_cid in REDIS.smembers("node:v3:sessions"),
+                "the new life's session is still in node:v3:sessions")
+        h.check(old_cid not in REDIS.smembers("node:v3:sessions"),
+                "the adopted session left node:v3:sessions")
+        holder = REDIS.hgetall("sess:" + old_cid).get("node")
+        REDIS.cli("DEL", ch.PREFIX + "sess:" + new_cid)
+        REDIS.cli("SREM", ch.PREFIX + "node:v3:sessions", new_cid)
+        v.kill()
+        wait_reaped("v3")
+        v.remove_files()
+        return "the old life's session adopted by %s, the new one's kept" % holder
+    finally:
+        ch.stop_quietly(c)
+        REDIS.cli("DEL", ch.PREFIX + "sess:" + new_cid)
         v.kill()
 
 
