@@ -65,6 +65,7 @@ struct conn {
     bool dirty;               /* on the broker's flush list */
     bool want_write;          /* EV_WRITE armed */
     bool paused;              /* reading stopped while a claim is pending */
+    bool paused_off;          /* ...and EV_READ disarmed: input came while paused */
     bool forward_paused;      /* reading stopped: the forwarder's buffer is full */
     bool rate_paused;         /* reading stopped: over max-publish-rate/-bytes-rate */
     bool dispatching;         /* inside process(): input must not be re-entered */
@@ -394,8 +395,9 @@ void conn_close(struct conn *c, enum close_reason reason);
 /* Writes every dirty connection's output. */
 void conn_flush_all(struct broker *b);
 
-/* Stops reading while a claim is pending; resume_input re-enables reading
- * and runs any packets that arrived meanwhile. */
+/* Stops reading while a claim is pending (reading is disarmed only once
+ * input arrives meanwhile); resume_input re-enables reading and runs any
+ * packets that arrived meanwhile. */
 void conn_pause_input(struct conn *c);
 void conn_resume_input(struct conn *c);
 

@@ -310,7 +310,7 @@ static void
 resume(struct conn *c)
 {
     if (c->dispatching)
-        c->paused = false; /* answered inline: process() carries on */
+        c->paused = c->paused_off = false; /* answered inline: process() carries on */
     else
         conn_resume_input(c);
 }
