@@ -411,6 +411,8 @@ run(const struct settings *s)
                                                      commands_service(commands))))
         goto fail;
     commands_set_peers(commands, peers);
+    if (cluster)
+        cluster_set_pending_watch(cluster, commands_pending_watch(commands));
     /* Node-to-node: messages for other nodes' subscribers, retained
      * messages kept in Redis. */
     if (cluster) {

@@ -351,3 +351,9 @@ cluster_set_session_prepare(struct cluster *cl, cluster_session_prepare_fn fn, v
     cl->session_prepare = fn;
     cl->session_ctx = ctx;
 }
+
+void
+cluster_set_pending_watch(struct cluster *cl, const struct cluster_pending_watch *w)
+{
+    cl->pending_watch = w;
+}

@@ -75,15 +75,40 @@ struct redis_link *cluster_redis(struct cluster *cluster);
 enum rmq_status cluster_add_up_listener(struct cluster *cluster, void (*fn)(void *ctx),
                                         void *ctx);
 
+/* Where Redis said a client's persistent session was, read atomically
+ * with the device's claim (SESSIONS_OWNER_LUA in cluster/sessions.h). */
+struct cluster_session_owner {
+    const char *node;   /* the node holding it; NULL: no session anywhere */
+    const char *addr;   /* that node's internal address, "" if unknown */
+    const char *origin; /* "" or the dead node it was restored from lately */
+    uint64_t origin_ms; /* when it was restored from origin (wall clock) */
+};
+
 /* Before CONNACK of a claimed client, the cluster lets the session layer
  * fetch the client's persistent session (from the node that holds it or
  * from Redis); it calls done(token) exactly once when the session is
- * ready, or when there is nothing to fetch. */
+ * ready, or when there is nothing to fetch. owner is what the claim read
+ * (valid during the call), or NULL when the claim could not tell (the
+ * session layer then looks it up itself). */
 typedef void (*cluster_session_prepare_fn)(void *ctx, const char *client_id, bool clean,
+                                           const struct cluster_session_owner *owner,
                                            void (*done)(void *token), void *token);
 
 void cluster_set_session_prepare(struct cluster *cluster, cluster_session_prepare_fn fn,
                                  void *ctx);
+
+/* The claim also counts the device's unfinished commands in Redis, so the
+ * command engine can skip its own look-up when there are none. mark() is
+ * called as a claim is sent; hint() with that mark and the count just
+ * before the client's CONNACK (count -1: unknown). */
+struct cluster_pending_watch {
+    uint64_t (*mark)(void *ctx);
+    void (*hint)(void *ctx, uint64_t channel, uint64_t mark, long long count);
+    void *ctx;
+};
+
+/* Borrowed; NULL stops the hints. */
+void cluster_set_pending_watch(struct cluster *cluster, const struct cluster_pending_watch *w);
 
 /* True while Redis is reachable (readiness). */
 bool cluster_redis_up(const struct cluster *cluster);

@@ -48,6 +48,7 @@ struct cluster {
     int up_listener_count;
     cluster_session_prepare_fn session_prepare;
     void *session_ctx;
+    const struct cluster_pending_watch *pending_watch;
 };
 
 extern const char registry_claim_lua[];

@@ -192,6 +192,8 @@ route_command(struct commands *cm, const struct command *cmd, const struct comma
         commands_take_charge(cm, dev, cmd);
         return;
     }
+    if (owner && *owner->node && strcmp(owner->node, cm->cfg->node_id) == 0)
+        cm->routed_here++; /* connecting here: the pickup must look */
     if (!owner || !*owner->node || strcmp(owner->node, cm->cfg->node_id) == 0)
         return; /* offline (or connecting here: the pickup finds it) */
     if (!cm->peers || !*owner->addr) {
@@ -435,6 +437,7 @@ svc_dispatch(void *ctx, const char *id, const char *device, command_answer_fn cb
 {
     struct commands *cm = ctx;
     (void)device; /* the stored command names its device */
+    cm->routed_here++; /* the device may be connecting: its pickup must look */
     if (!id_valid(id)) {
         cb(404, store_error(RMQ_NOT_FOUND, id), arg);
         return;

@@ -346,6 +346,15 @@ on_connected(void *ctx, const struct broker_client_info *info)
     }
     memcpy(dev->device, device, len + 1);
     dev->channel = info->channel;
+    bool none_pending = cm->hint.channel == info->channel && cm->hint.count == 0 &&
+                        cm->hint.mark == cm->routed_here;
+    cm->hint.count = -1; /* used up */
+    if (none_pending) {
+        cm->n.pickups_skipped++; /* none pending at the claim, none routed here since */
+        free(x);
+        return;
+    }
+    cm->n.pickups++;
     x->cm = cm;
     x->channel = info->channel;
     memcpy(x->device, device, len + 1);
@@ -440,6 +449,28 @@ on_sweep(evutil_socket_t fd, short what, void *arg)
     cm->store->ops->sweep(cm->store, clock_wall_ms());
 }
 
+static uint64_t
+claim_mark(void *ctx)
+{
+    struct commands *cm = ctx;
+    return cm->routed_here;
+}
+
+static void
+claim_hint(void *ctx, uint64_t channel, uint64_t mark, long long count)
+{
+    struct commands *cm = ctx;
+    cm->hint.channel = channel;
+    cm->hint.mark = mark;
+    cm->hint.count = count;
+}
+
+const struct cluster_pending_watch *
+commands_pending_watch(struct commands *cm)
+{
+    return &cm->watch;
+}
+
 static bool
 device_online(void *ctx, const char *device)
 {
@@ -478,6 +509,8 @@ commands_new(struct event_base *base, struct broker *broker, const struct comman
     cm->cfg = cfg;
     tmpl_init(&cm->topic, cfg->topic);
     tmpl_init(&cm->reply, cfg->reply_topic);
+    cm->hint.count = -1;
+    cm->watch = (struct cluster_pending_watch){.mark = claim_mark, .hint = claim_hint, .ctx = cm};
     cm->store_cfg = cfg->store;
     cm->store_cfg.device_online = device_online;
     cm->store_cfg.device_online_ctx = cm;

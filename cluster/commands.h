@@ -24,6 +24,7 @@ struct redis_link;
 struct peer_client;
 struct command_service;
 struct commands;
+struct cluster_pending_watch;
 
 struct commands_config {
     const char *node_id;
@@ -52,6 +53,11 @@ void commands_free(struct commands *cm);
 
 /* Forwarding to the node that holds a device (cluster mode). Borrowed. */
 void commands_set_peers(struct commands *cm, struct peer_client *peers);
+
+/* The hints a cluster gives about a connecting device's pending commands
+ * (cluster_set_pending_watch): with them, a device with none skips the
+ * look-up. Owned by the engine. */
+const struct cluster_pending_watch *commands_pending_watch(struct commands *cm);
 
 /* The service the admin and internal endpoints call. */
 const struct command_service *commands_service(struct commands *cm);

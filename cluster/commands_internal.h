@@ -12,6 +12,7 @@
 #include "broker/broker.h"
 #include "cluster/command_store.h"
 #include "cluster/commands.h"
+#include "cluster/cluster.h"
 #include "common/timer_wheel.h"
 #include "http/command_api.h"
 
@@ -35,7 +36,9 @@
     X(canceled, "commands canceled through the API")                                 \
     X(reply_unknown, "replies to unknown, finished or other devices' commands")       \
     X(reply_invalid, "messages on a reply topic that are not a JSON object with an id") \
-    X(store_errors, "operations the store (Redis) could not do")
+    X(store_errors, "operations the store (Redis) could not do")                   \
+    X(pickups, "look-ups of a connecting device's pending commands")               \
+    X(pickups_skipped, "look-ups skipped: the device's claim saw none pending")
 
 struct counters {
 #define X(name, help) uint64_t name;
@@ -98,6 +101,14 @@ struct commands {
     struct waiter *waiters;
     struct event *poll_ev, *sweep_ev;
     bool closing;
+    /* Commands routed to a device on this node (it may be connecting, and
+     * miss them): a claim's "none pending" holds only if none came since. */
+    uint64_t routed_here;
+    struct {
+        uint64_t channel, mark;
+        long long count; /* -1: unknown */
+    } hint; /* the last claim's, for the CONNACK that follows it */
+    struct cluster_pending_watch watch;
     struct counters n;
 };
 

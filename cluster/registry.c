@@ -13,22 +13,34 @@
 #include <string.h>
 
 #include <hiredis/hiredis.h>
-#include <jansson.h>
 
 #include "cluster/cluster_internal.h"
+#include "cluster/sessions.h"
 #include "common/clock.h"
+#include "common/decimal.h"
+#include "common/json_out.h"
 #include "common/log.h"
 
-const char registry_claim_lua[] =
+/* KEYS: dev:{device}, this node's device set. ARGV: prefix, device, node,
+ * client id, now, then the entry's fields. Returns {previous owner {node,
+ * addr, channel, channel_id} or {}, the client's session holder (see
+ * SESSIONS_OWNER_LUA), the device's unfinished command count}: what the
+ * connect needs next, read in the same step as the claim. */
+const char registry_claim_lua[] = SESSIONS_OWNER_LUA
+    "local P = ARGV[1]\n"
     "local prev = redis.call('HMGET', KEYS[1], 'node', 'addr', 'channel', 'channel_id')\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 6))\n"
     "redis.call('SADD', KEYS[2], ARGV[2])\n"
-    "if not prev[1] then return false end\n"
-    "if prev[1] ~= ARGV[3] then\n"
-    "  redis.call('SREM', ARGV[1] .. 'node:' .. prev[1] .. ':devices', ARGV[2])\n"
+    "local old = {}\n"
+    "if prev[1] then\n"
+    "  if prev[1] ~= ARGV[3] then\n"
+    "    redis.call('SREM', P .. 'node:' .. prev[1] .. ':devices', ARGV[2])\n"
+    "  end\n"
+    "  old = {prev[1], prev[2] or '', prev[3] or '', prev[4] or ''}\n"
     "end\n"
-    "return {prev[1], prev[2] or '', prev[3] or '', prev[4] or ''}\n";
+    "return {old, session_owner(P, ARGV[4], tonumber(ARGV[5])),\n"
+    "        redis.call('ZCARD', P .. 'cmd:pending:' .. ARGV[2])}\n";
 
 /* Re-assertion after Redis came back: writes the entry only if it is
  * absent or still names this node, so a device that meanwhile moved to
@@ -40,7 +52,7 @@ const char registry_reassert_lua[] =
     "  return 0\n"
     "end\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 6))\n"
     "redis.call('SADD', KEYS[2], ARGV[2])\n"
     "return 1\n";
 
@@ -65,8 +77,17 @@ registry_device_id(const struct cluster *cl, const struct broker_client_info *in
 static void
 channel_id(const struct cluster *cl, uint64_t channel, char *out, size_t len)
 {
-    snprintf(out, len, "%s/%llu/%llu", cl->cfg->node_id, (unsigned long long)cl->epoch,
-             (unsigned long long)channel);
+    size_t n = strlen(cl->cfg->node_id);
+    if (n + 2 + 2 * DECIMAL_U64_MAX > len) { /* never with a valid node id */
+        snprintf(out, len, "%s/%llu/%llu", cl->cfg->node_id, (unsigned long long)cl->epoch,
+                 (unsigned long long)channel);
+        return;
+    }
+    memcpy(out, cl->cfg->node_id, n);
+    out[n++] = '/';
+    n += decimal_u64(out + n, cl->epoch);
+    out[n++] = '/';
+    decimal_u64(out + n, channel);
 }
 
 /* ---- events ---- */
@@ -91,9 +112,9 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
                     const char *client_id, const char *username, const char *node,
                     const char *peer, const char *channel, const char *reason)
 {
-    char ts[24], maxlen[24];
+    char ts[DECIMAL_U64_MAX], maxlen[24];
     uint64_t now = clock_wall_ms();
-    snprintf(ts, sizeof(ts), "%llu", (unsigned long long)now);
+    decimal_u64(ts, now);
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)cl->cfg->events_maxlen);
     const char *argv[] = {
         "XADD", cl->key_events, "MAXLEN", "~", maxlen, "*", "event", type, "device", device,
@@ -107,22 +128,37 @@ registry_emit_event(struct cluster *cl, const char *type, const char *device,
     if (redis_link_argv(cl->redis, cluster_ignore_reply, NULL, argc, argv, NULL) != RMQ_OK)
         cl->events_dropped++;
 
-    /* The same event for MQTT backends. */
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s?, s:I, s:s?}", "event", type,
-                          "device", device, "client_id", client_id, "username", username,
-                          "node", node, "peer", peer, "ts", (json_int_t)now, "channel_id",
-                          channel);
-    if (j && reason)
-        json_object_set_new(j, "reason", json_string(reason));
-    char *payload = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    /* The same event for MQTT backends: written directly, on every
+     * connection's path (see common/json_out.h). */
+    size_t cap = 256;
+    const char *fields[] = {type, device, client_id, username, node, peer, channel, reason};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        cap += fields[i] ? json_out_str_max(strlen(fields[i])) + 16 : 0;
+    char stack[2048];
+    char *buf = cap <= sizeof(stack) ? stack : malloc(cap);
+    const char *payload = NULL;
+    if (buf) {
+        struct json_out j = json_out_init(buf, cap);
+        json_out_key_str(&j, "event", type);
+        json_out_key_str(&j, "device", device);
+        json_out_key_str(&j, "client_id", client_id);
+        json_out_key_str(&j, "username", username);
+        json_out_key_str(&j, "node", node);
+        json_out_key_str(&j, "peer", peer);
+        json_out_key_int(&j, "ts", (int64_t)now);
+        json_out_key_str(&j, "channel_id", channel);
+        if (reason)
+            json_out_key_str(&j, "reason", reason);
+        payload = json_out_finish(&j);
+    }
     char topic[1024], id[768];
     topic_escape_level(client_id, id, sizeof(id));
     snprintf(topic, sizeof(topic), "$SYS/brokers/%s/clients/%s/%s", node, id,
              strcmp(type, "online") == 0 ? "connected" : "disconnected");
     if (payload)
         broker_publish(cl->broker, topic, payload, strlen(payload), 0, false);
-    free(payload);
-    json_decref(j);
+    if (buf != stack)
+        free(buf);
 }
 
 /* ---- claim ---- */
@@ -132,6 +168,9 @@ struct claim_ctx {
     struct broker_claim *token; /* NULL for a re-assertion */
     char *client_id, *username, *peer; /* for the online event */
     bool clean;
+    uint64_t channel;
+    uint64_t pending_mark;  /* cluster_pending_watch.mark() as the claim was sent */
+    long long pending;      /* the device's unfinished commands, -1: unknown */
     char channel_id[CLUSTER_KEY_MAX];
     char device[];
 };
@@ -208,6 +247,9 @@ claim_finish(void *arg)
     struct claim_ctx *x = arg;
     struct cluster *cl = x->cl;
     if (x->token) {
+        const struct cluster_pending_watch *w = cl->pending_watch;
+        if (w && !cl->closing)
+            w->hint(w->ctx, x->channel, x->pending_mark, x->pending);
         broker_claim_done(x->token, true);
         /* After the takeover closed any older connection, so the stream
          * reads offline (old) then online (new). */
@@ -218,29 +260,46 @@ claim_finish(void *arg)
     claim_ctx_free(x);
 }
 
+/* The device's previous connection, if on another node, is closed there. */
+static void
+take_over(struct claim_ctx *x, const redisReply *prev)
+{
+    struct cluster *cl = x->cl;
+    if (prev->type != REDIS_REPLY_ARRAY || prev->elements != 4)
+        return;
+    for (size_t i = 0; i < 4; i++)
+        if (prev->element[i]->type != REDIS_REPLY_STRING)
+            return;
+    const char *prev_node = prev->element[0]->str;
+    const char *prev_addr = prev->element[1]->str;
+    unsigned long long prev_channel = strtoull(prev->element[2]->str, NULL, 10);
+    if (strcmp(prev_node, cl->cfg->node_id) == 0)
+        return;
+    /* Connected elsewhere: that node must close its connection, but only in
+     * the run that made it ("{node}/{epoch}/{channel}"). */
+    const char *cid = prev->element[3]->str;
+    const char *slash = strchr(cid, '/');
+    uint64_t prev_epoch = slash ? strtoull(slash + 1, NULL, 10) : 0;
+    log_info("device %s: taking over from node %s", x->device, prev_node);
+    cl->remote_takeovers++;
+    if (cl->close_remote && !cl->closing)
+        cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_epoch, prev_channel,
+                         "takeover", orphan_done, orphan_new(cl, x, prev_node, cid));
+}
+
 static void
 on_claim_reply(struct redisReply *reply, void *arg)
 {
     struct claim_ctx *x = arg;
     struct cluster *cl = x->cl;
     bool ok = reply && reply->type != REDIS_REPLY_ERROR;
-    if (ok && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
-        const char *prev_node = reply->element[0]->str;
-        const char *prev_addr = reply->element[1]->str;
-        unsigned long long prev_channel = strtoull(reply->element[2]->str, NULL, 10);
-        if (prev_node && strcmp(prev_node, cl->cfg->node_id) != 0) {
-            /* Connected elsewhere: that node must close its connection, but
-             * only in the run that made it ("{node}/{epoch}/{channel}"). */
-            const char *cid = reply->element[3]->str ? reply->element[3]->str : "";
-            const char *slash = strchr(cid, '/');
-            uint64_t prev_epoch = slash ? strtoull(slash + 1, NULL, 10) : 0;
-            log_info("device %s: taking over from node %s", x->device, prev_node);
-            cl->remote_takeovers++;
-            if (cl->close_remote && !cl->closing)
-                cl->close_remote(cl->close_remote_ctx, prev_node, prev_addr, prev_epoch,
-                                 prev_channel, "takeover", orphan_done,
-                                 orphan_new(cl, x, prev_node, cid));
-        }
+    struct cluster_session_owner owner;
+    bool owner_known = false;
+    if (ok && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+        take_over(x, reply->element[0]);
+        owner_known = sessions_owner_parse(reply->element[1], &owner);
+        if (reply->element[2]->type == REDIS_REPLY_INTEGER)
+            x->pending = reply->element[2]->integer;
     }
     if (!ok && reply)
         log_warn("device %s: claim failed: %s", x->device, reply->str);
@@ -252,7 +311,8 @@ on_claim_reply(struct redisReply *reply, void *arg)
     if (x->token && cl->session_prepare && !cl->closing) {
         /* The client's persistent session may be on another node, or only
          * in Redis: bring it here before CONNACK. */
-        cl->session_prepare(cl->session_ctx, x->client_id, x->clean, claim_finish, x);
+        cl->session_prepare(cl->session_ctx, x->client_id, x->clean,
+                            owner_known ? &owner : NULL, claim_finish, x);
         return;
     }
     claim_finish(x);
@@ -263,20 +323,23 @@ send_claim(struct cluster *cl, const struct broker_client_info *info, struct cla
            int script)
 {
     const char *device = x->device;
-    char key[CLUSTER_KEY_MAX], chan[32], cid[CLUSTER_KEY_MAX], epoch[24], at[24], proto[4],
-        clean[4], wqos[4], wret[4];
+    char key[CLUSTER_KEY_MAX], cid[CLUSTER_KEY_MAX];
+    char chan[DECIMAL_U64_MAX], epoch[DECIMAL_U64_MAX], at[DECIMAL_U64_MAX],
+        proto[DECIMAL_U64_MAX], wqos[DECIMAL_U64_MAX];
     snprintf(key, sizeof(key), "%sdev:%s", cl->cfg->prefix, device);
-    snprintf(chan, sizeof(chan), "%llu", (unsigned long long)info->channel);
+    decimal_u64(chan, info->channel);
     channel_id(cl, info->channel, cid, sizeof(cid));
-    snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)cl->epoch);
-    snprintf(at, sizeof(at), "%llu", (unsigned long long)info->connected_at_ms);
-    snprintf(proto, sizeof(proto), "%u", (unsigned)info->protocol_level);
-    snprintf(clean, sizeof(clean), "%d", info->clean_session ? 1 : 0);
-    snprintf(wqos, sizeof(wqos), "%u", (unsigned)info->will_qos);
-    snprintf(wret, sizeof(wret), "%d", info->will_retain ? 1 : 0);
+    decimal_u64(epoch, cl->epoch);
+    decimal_u64(at, info->connected_at_ms);
+    decimal_u64(proto, info->protocol_level);
+    decimal_u64(wqos, info->will_qos);
+    const char *clean = info->clean_session ? "1" : "0";
+    const char *wret = info->will_retain ? "1" : "0";
+    char now[DECIMAL_U64_MAX];
+    decimal_u64(now, clock_wall_ms());
     const char *argv[] = {
         key, cl->key_my_devices, cl->cfg->prefix, device, cl->cfg->node_id,
-        "device", device, "client_id", info->client_id, "node", cl->cfg->node_id,
+        info->client_id, now, "device", device, "client_id", info->client_id, "node", cl->cfg->node_id,
         "addr", cl->cfg->advertise, "channel", chan, "channel_id", cid, "epoch", epoch,
         "peer", info->peer, "connected_at", at,
         "username", info->username ? info->username : "", "proto", proto, "clean", clean,
@@ -309,6 +372,10 @@ claim_ctx_new(struct cluster *cl, struct broker_claim *token, const char *device
     x->username = info->username ? strdup(info->username) : NULL;
     x->peer = strdup(info->peer);
     x->clean = info->clean_session;
+    x->channel = info->channel;
+    x->pending = -1;
+    if (token && cl->pending_watch)
+        x->pending_mark = cl->pending_watch->mark(cl->pending_watch->ctx);
     if (!x->client_id || !x->peer || (info->username && !x->username)) {
         claim_ctx_free(x);
         return NULL;

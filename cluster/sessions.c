@@ -41,22 +41,10 @@
 
 #define STATE_TYPE "application/x-relaymq-session"
 #define GHOST_MS 1000 /* a handed-over session's messages are redirected this long */
-#define ORIGIN_MS_TEXT "60000" /* a restored session takes rescued messages this long */
 
-/* ARGV: prefix, client, now. {node, addr or '', origin or '', origin_ms}
- * of the holder, or {}; origin: the dead node the session was restored
- * from at origin_ms, if that was less than a minute ago (its rescued
- * messages may still come). */
+/* ARGV: prefix, client, now. See SESSIONS_OWNER_LUA. */
 static const char owner_lua[] =
-    "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
-    "local h = redis.call('HMGET', k, 'node', 'origin', 'origin_ms')\n"
-    "if not h[1] then return {} end\n"
-    "local origin = ''\n"
-    "if h[2] and tonumber(h[3] or '0') + " ORIGIN_MS_TEXT " > tonumber(ARGV[3]) then\n"
-    "  origin = h[2]\n"
-    "end\n"
-    "return {h[1], redis.call('HGET', ARGV[1] .. 'node:' .. h[1], 'addr') or '', origin,\n"
-    "        h[3] or '0'}\n";
+    SESSIONS_OWNER_LUA "return session_owner(ARGV[1], ARGV[2], tonumber(ARGV[3]))\n";
 
 /* ARGV: prefix, client. {subs as filter, qos, ...}, {queued frames}. */
 static const char load_lua[] =
@@ -439,20 +427,38 @@ sessions_ignore_answer(const struct peer_result *res, void *arg)
     (void)arg;
 }
 
-static void
-on_owner(struct redisReply *r, void *arg)
+bool
+sessions_owner_parse(const struct redisReply *r, struct cluster_session_owner *out)
 {
-    struct prep *p = arg;
+    *out = (struct cluster_session_owner){.addr = "", .origin = ""};
+    if (!r || r->type != REDIS_REPLY_ARRAY || (r->elements != 0 && r->elements != 4))
+        return false;
+    if (r->elements == 0)
+        return true; /* no session anywhere */
+    for (size_t i = 0; i < 4; i++)
+        if (r->element[i]->type != REDIS_REPLY_STRING)
+            return false;
+    out->node = r->element[0]->str;
+    out->addr = r->element[1]->str;
+    out->origin = r->element[2]->str;
+    out->origin_ms = strtoull(r->element[3]->str, NULL, 10);
+    return true;
+}
+
+/* Where the session is is known (o->node NULL: nowhere): a clean start
+ * drops it, otherwise it is fetched from its holder or from Redis. */
+static void
+locate(struct prep *p, const struct cluster_session_owner *o)
+{
     struct sessions *sm = p->sm;
-    if (p->finished || !r || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
-        prep_free(p); /* no copy anywhere (or Redis away): a new session */
+    if (!o->node) {
+        prep_free(p); /* no copy anywhere: a new session */
         return;
     }
-    const char *node = r->element[0]->str, *addr = r->element[1]->str;
-    if (r->element[2]->type == REDIS_REPLY_STRING && r->element[2]->len > 0 &&
-        r->element[3]->type == REDIS_REPLY_STRING) {
-        p->origin = strdup(r->element[2]->str); /* NULL without memory: no rescue */
-        p->origin_ms = strtoull(r->element[3]->str, NULL, 10);
+    const char *node = o->node, *addr = o->addr;
+    if (*o->origin) {
+        p->origin = strdup(o->origin); /* NULL without memory: no rescue */
+        p->origin_ms = o->origin_ms;
     }
     bool here = node && strcmp(node, sm->cfg->node_id) == 0;
     char path[KEY_MAX];
@@ -491,7 +497,20 @@ on_owner(struct redisReply *r, void *arg)
 }
 
 static void
-prepare(void *ctx, const char *client_id, bool clean, void (*done)(void *token), void *token)
+on_owner(struct redisReply *r, void *arg)
+{
+    struct prep *p = arg;
+    struct cluster_session_owner o;
+    if (p->finished || !sessions_owner_parse(r, &o)) {
+        prep_free(p); /* Redis away: whatever is here (nothing) */
+        return;
+    }
+    locate(p, &o);
+}
+
+static void
+prepare(void *ctx, const char *client_id, bool clean, const struct cluster_session_owner *owner,
+        void (*done)(void *token), void *token)
 {
     struct sessions *sm = ctx;
     if (broker_api_has_persistent_session(sm->broker, client_id)) {
@@ -510,6 +529,10 @@ prepare(void *ctx, const char *client_id, bool clean, void (*done)(void *token),
     if (sm->preps)
         sm->preps->prev = p;
     sm->preps = p;
+    if (owner) {
+        locate(p, owner);
+        return;
+    }
     char now[24];
     snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
     const char *argv[] = {sm->cfg->prefix, client_id, now};

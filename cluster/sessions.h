@@ -28,9 +28,27 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* The Lua function that tells where a client's session is: P prefix, c
+ * client id, now (wall ms). Returns {node, addr or '', origin or '',
+ * origin_ms} of the holder, or {}; origin: the dead node the session was
+ * restored from at origin_ms, if that was less than a minute ago (its
+ * rescued messages may still come). Shared by the session look-up and the
+ * device claim (cluster/registry.c), which reads it atomically. */
+#define SESSIONS_OWNER_LUA                                                                \
+    "local function session_owner(P, c, now)\n"                                          \
+    "  local h = redis.call('HMGET', P .. 'sess:' .. c, 'node', 'origin', 'origin_ms')\n" \
+    "  if not h[1] then return {} end\n"                                                 \
+    "  local origin = ''\n"                                                              \
+    "  if h[2] and tonumber(h[3] or '0') + 60000 > now then origin = h[2] end\n"         \
+    "  return {h[1], redis.call('HGET', P .. 'node:' .. h[1], 'addr') or '', origin,\n"  \
+    "          h[3] or '0'}\n"                                                           \
+    "end\n"
+
 struct event_base;
 struct broker;
 struct cluster;
+struct cluster_session_owner;
+struct redisReply;
 struct redis_link;
 struct routes;
 struct peer_client;
@@ -74,5 +92,9 @@ const struct http_route *sessions_internal_routes(struct sessions *sm, size_t *c
 
 /* A /metrics source. */
 void sessions_write_metrics(FILE *out, void *arg);
+
+/* Reads the answer of session_owner() (SESSIONS_OWNER_LUA) into out, whose
+ * strings point into r. False if r is not such an answer. */
+bool sessions_owner_parse(const struct redisReply *r, struct cluster_session_owner *out);
 
 #endif
