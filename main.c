@@ -437,7 +437,8 @@ run(const struct settings *s)
                                                                           : 0)),
                                             .durable = s->durable_sessions,
                                             .advertise = s->advertise ? s->advertise
-                                                                      : s->internal};
+                                                                      : s->internal,
+                                            .epoch = cfg.epoch};
         if (!(sessions = sessions_new(base, broker, cluster, routes, cluster_redis(cluster), peers,
                                       &sess_cfg)))
             goto fail;

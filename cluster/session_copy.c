@@ -103,9 +103,9 @@ write_offline(struct sessions *sm, const char *client_id)
     key(sm, client_id, "", skey);
     key(sm, client_id, ":queue", qkey);
     snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
-    const char *hset[] = {"HSET", skey, "node", sm->cfg->node_id, "online", "0", "updated_ms",
-                          now};
-    send_argv(sm, 8, hset, NULL);
+    const char *hset[] = {"HSET", skey, "node", sm->cfg->node_id, "life", sm->life,
+                          "online", "0", "updated_ms", now};
+    send_argv(sm, 10, hset, NULL);
     const char *del[] = {"DEL", qkey};
     send_argv(sm, 2, del, NULL);
     struct queue_writer w = {.sm = sm};
@@ -212,8 +212,8 @@ copy_on_session(void *ctx, const struct broker_session_event *ev)
         const char *hset[] = {"HSET", subs, ev->filter, qos};
         size_t lens[] = {4, strlen(subs), ev->filter_len, strlen(qos)};
         send_argv(sm, 4, hset, lens);
-        const char *owner[] = {"HSET", skey, "node", sm->cfg->node_id};
-        send_argv(sm, 4, owner, NULL);
+        const char *owner[] = {"HSET", skey, "node", sm->cfg->node_id, "life", sm->life};
+        send_argv(sm, 6, owner, NULL);
         const char *sadd[] = {"SADD", nkey, ev->client_id};
         send_argv(sm, 3, sadd, NULL);
         return;
@@ -228,13 +228,13 @@ copy_on_session(void *ctx, const struct broker_session_event *ev)
     case SESSION_ONLINE: {
         snprintf(now, sizeof(now), "%" PRIu64, clock_wall_ms());
         const char *argv[] = {sm->cfg->prefix, ev->client_id, sm->cfg->node_id, now,
-                              sm->cfg->durable ? "1" : "0"};
+                              sm->cfg->durable ? "1" : "0", sm->life};
         struct online_ctx *x = malloc(sizeof(*x) + strlen(ev->client_id) + 1);
         if (x) {
             x->sm = sm;
             strcpy(x->client_id, ev->client_id);
         }
-        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 5, argv, NULL) !=
+        if (!x || redis_link_eval(sm->link, sm->script_online, on_online, x, 0, 6, argv, NULL) !=
                       RMQ_OK) {
             free(x);
             sm->redis_errors++;

@@ -51,7 +51,7 @@ static const char load_lua[] =
     "local k = ARGV[1] .. 'sess:' .. ARGV[2]\n"
     "return {redis.call('HGETALL', k .. ':subs'), redis.call('LRANGE', k .. ':queue', 0, -1)}\n";
 
-/* ARGV: prefix, client, node, now, keep: the session is online on node;
+/* ARGV: prefix, client, node, now, keep, life: the session is online on node;
  * its queue is dropped (the messages are in the node's memory now) unless
  * keep is '1' (durable sessions: the queue is every message still owed).
  * Returns {previous holder, its address} if another node held it. */
@@ -63,7 +63,8 @@ static const char online_lua[] =
     "  redis.call('SREM', ARGV[1] .. 'node:' .. old .. ':sessions', ARGV[2])\n"
     "  out = {old, redis.call('HGET', ARGV[1] .. 'node:' .. old, 'addr') or ''}\n"
     "end\n"
-    "redis.call('HSET', k, 'node', ARGV[3], 'online', '1', 'updated_ms', ARGV[4])\n"
+    "redis.call('HSET', k, 'node', ARGV[3], 'life', ARGV[6], 'online', '1', 'updated_ms',\n"
+    "           ARGV[4])\n"
     "if ARGV[5] ~= '1' then redis.call('DEL', k .. ':queue') end\n"
     "redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', ARGV[2])\n"
     "return out\n";
@@ -71,19 +72,22 @@ static const char online_lua[] =
 /* ARGV: prefix, the node that left, this node, now, since. Moves the
  * offline sessions it held to this node (the first survivor to ask gets
  * them all) and returns their client ids. since > 0: the node restarted
- * then, and the sessions it took or updated since are its new life's
- * (a client may have connected the moment it came up): they stay. */
+ * then (its new run's epoch), and the sessions whose life is that run are
+ * the new life's (a client may have connected the moment it came up):
+ * they stay. The life is compared, not a time, so the two runs' clocks
+ * need not agree. */
 static const char adopt_lua[] =
     "local src = ARGV[1] .. 'node:' .. ARGV[2] .. ':sessions'\n"
-    "local since = tonumber(ARGV[5])\n"
+    "local since = tonumber(ARGV[5]) or 0\n"
     "local out = {}\n"
     "for _, c in ipairs(redis.call('SMEMBERS', src)) do\n"
     "  local k = ARGV[1] .. 'sess:' .. c\n"
-    "  local h = redis.call('HMGET', k, 'node', 'updated_ms')\n"
+    "  local h = redis.call('HMGET', k, 'node', 'life')\n"
     "  if h[1] ~= ARGV[2] then\n"
     "    redis.call('SREM', src, c)\n"
-    "  elseif since == 0 or tonumber(h[2] or '0') < since then\n"
+    "  elseif since == 0 or h[2] ~= ARGV[5] then\n"
     "    redis.call('HSET', k, 'node', ARGV[3], 'online', '0', 'updated_ms', ARGV[4])\n"
+    "    redis.call('HDEL', k, 'life')\n"
     "    redis.call('SADD', ARGV[1] .. 'node:' .. ARGV[3] .. ':sessions', c)\n"
     "    redis.call('SREM', src, c)\n"
     "    table.insert(out, c)\n"
@@ -731,6 +735,7 @@ sessions_new(struct event_base *base, struct broker *broker, struct cluster *clu
     sm->peers = peers;
     sm->cfg = cfg;
     snprintf(sm->max_queued, sizeof(sm->max_queued), "%u", (unsigned)cfg->max_queued);
+    snprintf(sm->life, sizeof(sm->life), "%" PRIu64, cfg->epoch);
     sm->routes[0] = (struct http_route){"POST", "/internal/v1/sessions/{client}/handover",
                                         handle_handover, "sessions_handover", 0, sm};
     sm->routes[1] = (struct http_route){"POST", "/internal/v1/sessions/{client}/drop",

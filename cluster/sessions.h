@@ -9,8 +9,8 @@
  *   - when that node is gone, the new node rebuilds the session from the
  *     copy kept in Redis.
  *
- * The copy in Redis (prefix P): P sess:{client} hash {node, online,
- * updated_ms}, P sess:{client}:subs hash filter -> QoS, P sess:{client}:queue
+ * The copy in Redis (prefix P): P sess:{client} hash {node, life (the
+ * holder's run, its epoch), online, updated_ms}, P sess:{client}:subs hash filter -> QoS, P sess:{client}:queue
  * list of messages (forward frames, cluster/forward_codec.h) kept while the
  * client is offline, bounded by --max-queued-messages, and
  * P node:{node}:sessions, the persistent sessions a node holds. The
@@ -61,6 +61,7 @@ struct sessions_config {
     uint32_t max_queued; /* queue bound in Redis: the broker's (durable: plus its window) */
     bool durable;        /* the queue in Redis holds every QoS 1/2 message owed, sent or not */
     const char *advertise; /* this node's internal API address */
+    uint64_t epoch;        /* this run's start (ms): written as the session's life */
 };
 
 /* Hooks into the broker (session changes), the cluster (before CONNACK)

@@ -31,6 +31,7 @@ struct sessions {
     bool draining; /* sessions_drain is running the loop */
     int script_owner, script_load, script_online, script_end, script_adopt;
     char max_queued[16];
+    char life[24]; /* cfg->epoch in decimal */
     uint64_t handed_in, handed_out, restored, adopted, dropped_remote, redis_errors, bad_state;
 };
 
