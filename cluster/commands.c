@@ -346,8 +346,10 @@ on_connected(void *ctx, const struct broker_client_info *info)
     }
     memcpy(dev->device, device, len + 1);
     dev->channel = info->channel;
-    bool none_pending = cm->hint.channel == info->channel && cm->hint.count == 0 &&
-                        cm->hint.mark == cm->routed_here;
+    /* Without node-to-node calls a command created elsewhere meanwhile
+     * reaches the device only through this look-up: it always runs. */
+    bool none_pending = cm->peers && cm->hint.channel == info->channel &&
+                        cm->hint.count == 0 && cm->hint.mark == cm->routed_here;
     cm->hint.count = -1; /* used up */
     if (none_pending) {
         cm->n.pickups_skipped++; /* none pending at the claim, none routed here since */

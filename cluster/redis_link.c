@@ -343,7 +343,7 @@ static size_t
 format_command(struct redis_link *link, int argc, const char **argv, const size_t *lens)
 {
     enum { HEADER_MAX = 1 + 20 + 2 };
-    size_t need = HEADER_MAX;
+    size_t need = HEADER_MAX + 1; /* a NUL after it, as hiredis's own formatter leaves */
     for (int i = 0; i < argc; i++)
         need += HEADER_MAX + (lens ? lens[i] : strlen(argv[i])) + 2;
     if (need > link->fmt_cap) {
@@ -363,6 +363,7 @@ format_command(struct redis_link *link, int argc, const char **argv, const size_
         out[n++] = '\r';
         out[n++] = '\n';
     }
+    out[n] = '\0';
     return n;
 }
 
