@@ -47,6 +47,16 @@
 #   --no-build        use the binaries in build-release/ as they are
 #   --list            list the scenarios and exit
 #   --table FILE      print the table of an earlier run's results.txt and exit
+#   --targets         every row of issue 10's target table in one run: four
+#                     comparisons (relaymq,mosquitto all scenarios;
+#                     relaymq-tls,mosquitto-tls connect and idle;
+#                     relaymq-redis,relaymq connect; relaymq-cross,
+#                     relaymq-cluster pairs, fanin, fanout), each in
+#                     OUT/<part>/, their tables, then each target with its
+#                     measured figure and "met" or "NOT MET" (exit 4 if any
+#                     is not met). --rounds, --quick, --duration, --check,
+#                     --no-build apply to every part
+#   --targets-table DIR  print the target table of an earlier --targets run
 #   -h, --help        this text
 #
 # Environment: BUILD_DIR (default build-release) holds relaymq and
@@ -72,6 +82,8 @@ CHECK=0
 OUT=""
 BUILD=1
 TABLE_ONLY=""
+TARGETS=0
+TARGETS_ONLY=""
 
 # Scenario table: name | relaymq-bench arguments | metrics (key:direction).
 # Direction "up" = higher is better, "down" = lower is better.
@@ -114,6 +126,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --list) list_scenarios; exit 0 ;;
     --table) TABLE_ONLY=${2:?}; shift 2 ;;
+    --targets) TARGETS=1; shift ;;
+    --targets-table) TARGETS_ONLY=${2:?}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (try --help)" ;;
     esac
@@ -257,6 +271,123 @@ make_table() {
         }
     }' "$1"
 }
+
+# ---- issue 10's targets ----
+# targets_table DIR: each target against the parts' table.md files
+# (DIR/mosquitto, DIR/tls, DIR/redis, DIR/cross); exit status 4 if one is
+# not met.
+targets_table() {
+    local dir=$1 part
+    for part in mosquitto tls redis cross; do
+        [ -r "$dir/$part/table.md" ] || die "$dir/$part/table.md is missing"
+    done
+    awk -v dir="$dir" '
+    function load(part, file, line, f, n, key) {
+        file = dir "/" part "/table.md"
+        while ((getline line < file) > 0) {
+            n = split(line, f, "|")
+            if (n < 9 || f[2] ~ /scenario|---/) continue
+            for (i = 2; i <= 8; i++) gsub(/^ +| +$/, "", f[i])
+            key = part SUBSEP f[2] SUBSEP f[3]
+            A[key] = f[5]; RATIO[key] = f[7]; LOST[key] = f[8]; have[key] = 1
+        }
+        close(file)
+    }
+    function ratio(part, sc, met) { return RATIO[part, sc, met] + 0 }
+    # "1.31 (1.31-1.35)" as "1.31x (1.31-1.35)"
+    function times(r,    sp) { sp = index(r, " "); return sp ? substr(r, 1, sp - 1) "x" substr(r, sp) : r "x" }
+    function known(part, sc, met) { return ((part, sc, met) in have) && RATIO[part, sc, met] != "n/a" }
+    function row(target, measured, ok) {
+        printf "| %s | %s | %s |\n", target, measured, ok ? "met" : "NOT MET"
+        if (!ok) failed++
+    }
+    # Ratios of rows at least min (higher is better), as "a, b, c", and all met.
+    function at_least(part, list, met, min,    n, s, i, out, ok) {
+        n = split(list, s, " "); out = ""; ok = 1
+        for (i = 1; i <= n; i++) {
+            if (!known(part, s[i], met)) { out = out (out ? ", " : "") s[i] " n/a"; ok = 0; continue }
+            out = out (out ? ", " : "") s[i] " " times(RATIO[part, s[i], met])
+            if (ratio(part, s[i], met) < min) ok = 0
+        }
+        RESULT = out; return ok
+    }
+    BEGIN {
+        load("mosquitto"); load("tls"); load("redis"); load("cross")
+        print "| target | measured | verdict |"
+        print "|---|---|---|"
+        ok = at_least("mosquitto", "pairs fanin fanout", "msgs_per_sec", 2.0)
+        row("QoS 0 pairs, fan-in, fan-out >= 2.0x Mosquitto", RESULT, ok)
+        ok = at_least("mosquitto", "pairs-q1 pairs-q1w200 pairs-q2 pairs-q2w200", "msgs_per_sec", 2.0)
+        lost = ""; n = split("pairs-q1 pairs-q1w200 pairs-q2 pairs-q2w200", s, " ")
+        for (i = 1; i <= n; i++) {
+            if (LOST["mosquitto", s[i], "msgs_per_sec"] != "0/0") ok = 0
+            lost = lost (lost ? ", " : "") LOST["mosquitto", s[i], "msgs_per_sec"]
+        }
+        row("QoS 1/2 at 20 and 200 in flight >= 2.0x, nothing lost or duplicated",
+            RESULT "; RelayMQ lost/dup " lost, ok)
+        p0 = A["mosquitto", "latency", "p99_us"]; p1 = A["mosquitto", "latency-q1", "p99_us"]
+        row("latency p99 <= 1 ms at 10,000 msgs/s (QoS 0, QoS 1)", p0 " us, " p1 " us",
+            p0 != "" && p1 != "" && p0 + 0 <= 1000 && p1 + 0 <= 1000)
+        kib = A["mosquitto", "idle", "kib_per_conn"]
+        row("idle plain TCP <= 1.0 KiB per connection", kib " KiB", kib != "" && kib + 0 <= 1.0)
+        ok = known("tls", "idle", "kib_per_conn") && ratio("tls", "idle", "kib_per_conn") <= 0.5
+        row("idle TLS <= 0.5x Mosquitto", times(RATIO["tls", "idle", "kib_per_conn"]), ok)
+        ok = at_least("mosquitto", "connect", "conns_per_sec", 1.0)
+        row("connections/s >= 1.0x Mosquitto", RESULT, ok)
+        ok = at_least("redis", "connect", "conns_per_sec", 0.6)
+        row("connections/s with Redis >= 0.6x standalone", RESULT, ok)
+        ok = at_least("tls", "connect", "conns_per_sec", 1.5)
+        row("TLS handshakes/s >= 1.5x Mosquitto", RESULT, ok)
+        ok = at_least("cross", "pairs pairs-q1 pairs-q1w200 pairs-q2 pairs-q2w200 fanin fanin-q1 fanout fanout-q1", "msgs_per_sec", 0.7)
+        row("cross-node >= 0.7x same-node", RESULT, ok)
+        exit failed ? 4 : 0
+    }'
+}
+
+if [ -n "$TARGETS_ONLY" ]; then
+    targets_table "$TARGETS_ONLY"
+    exit $?
+fi
+
+if [ "$TARGETS" = 1 ]; then
+    OUT=${OUT:-$BUILD_DIR/bench-results/targets-$(date +%Y%m%d-%H%M%S)}
+    mkdir -p "$OUT"
+    part_args=(--rounds "$ROUNDS")
+    [ "$QUICK" = 1 ] && part_args+=(--quick)
+    [ -n "$DURATION" ] && part_args+=(--duration "$DURATION")
+    [ "$CHECK" = 1 ] && part_args+=(--check)
+    [ "$BUILD" = 1 ] || part_args+=(--no-build)
+    # run_part NAME ARGS...: one comparison into OUT/NAME (built once).
+    run_part() {
+        local name=$1
+        shift
+        echo "bench.sh: --targets: $name: $*" >&2
+        "$0" "${part_args[@]}" --out "$OUT/$name" "$@" >"$OUT/$name.log" ||
+            die "part $name failed; see $OUT/$name.log"
+        [[ " ${part_args[*]} " == *" --no-build "* ]] || part_args+=(--no-build)
+    }
+    run_part mosquitto --brokers relaymq,mosquitto \
+        --scenarios pairs,fanin,fanout,latency,connect,idle
+    run_part tls --brokers relaymq-tls,mosquitto-tls --scenarios connect,idle
+    run_part redis --brokers relaymq-redis,relaymq --scenarios connect
+    run_part cross --brokers relaymq-cross,relaymq-cluster --scenarios pairs,fanin,fanout
+    rc=0
+    if ! {
+        for part in mosquitto tls redis cross; do
+            echo "### $part"
+            echo
+            cat "$OUT/$part/table.md"
+            echo
+        done
+        echo "### issue 10 targets"
+        echo
+        targets_table "$OUT"
+    } | tee "$OUT/targets.md"; then
+        rc=4
+    fi
+    echo "bench.sh: saved to $OUT/targets.md" >&2
+    exit "$rc"
+fi
 
 if [ -n "$TABLE_ONLY" ]; then
     [ -r "$TABLE_ONLY" ] || die "cannot read $TABLE_ONLY"
