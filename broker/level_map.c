@@ -19,63 +19,10 @@
 
 static const char seed_anchor;
 
-static inline uint64_t
-mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
-}
-
 uint64_t
 level_seed(const void *owner)
 {
-    return mix64((uint64_t)(uintptr_t)owner ^ ((uint64_t)(uintptr_t)&seed_anchor << 21));
-}
-
-static inline uint64_t
-read64(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint64_t
-read32(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-/* Reads every byte with fixed-size loads (the last word overlaps the one
- * before it; the length is mixed in, so that is harmless), then one full
- * mix: levels are short, so this is a handful of instructions. */
-uint32_t
-level_hash(uint64_t seed, const char *level, size_t len)
-{
-    uint64_t h = seed ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull);
-    uint64_t word = 0;
-    if (len > 8) {
-        const char *last = level + len - 8;
-        for (; level < last; level += 8) {
-            h = (h ^ read64(level)) * 0xff51afd7ed558ccdull;
-            h ^= h >> 32;
-        }
-        word = read64(last);
-    } else if (len >= 4) {
-        word = read32(level) | read32(level + len - 4) << 32;
-    } else if (len) {
-        const unsigned char *b = (const unsigned char *)level;
-        word = (uint64_t)b[0] << 16 | (uint64_t)b[len / 2] << 8 | b[len - 1];
-    }
-    h = mix64(h ^ word);
-    /* The index uses the low bits; the top bit only keeps 0 free as "empty". */
-    return (uint32_t)h | 0x80000000u;
+    return level_mix64((uint64_t)(uintptr_t)owner ^ ((uint64_t)(uintptr_t)&seed_anchor << 21));
 }
 
 static inline bool
@@ -87,16 +34,12 @@ is_table(const struct level_map *map)
 static inline bool
 same_level(const struct level_node *node, const char *level, size_t len)
 {
-    return node->len == len && memcmp(node->level, level, len) == 0;
+    return node->len == len && level_bytes_equal(node->level, level, len);
 }
 
 struct level_node *
-level_map_find(const struct level_map *map, uint32_t hash, const char *level, size_t len)
+level_map_find_many(const struct level_map *map, uint32_t hash, const char *level, size_t len)
 {
-    if (map->count <= 1) {
-        struct level_node *one = map->u.one;
-        return one && map->v.one_hash == hash && same_level(one, level, len) ? one : NULL;
-    }
     const struct level_entry *e = map->u.entries;
     if (!is_table(map)) {
         for (uint32_t i = 0; i < map->count; i++)

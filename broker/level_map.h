@@ -58,12 +58,121 @@ struct level_node {
  * address (both randomised by ASLR); no I/O, no clock. */
 uint64_t level_seed(const void *owner);
 
-/* The hash of one level under seed; never 0 (0 marks an empty table slot). */
-uint32_t level_hash(uint64_t seed, const char *level, size_t len);
+/* ---- hashing and comparing levels (inline: they run once per level of
+ * every routed message) ---- */
 
-/* The child whose level is level[0..len), hashed to hash; NULL if none. */
-struct level_node *level_map_find(const struct level_map *map, uint32_t hash, const char *level,
-                                  size_t len);
+static inline uint64_t
+level_mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+static inline uint64_t
+level_read64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t
+level_read32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* The hash of one level under seed; never 0 (0 marks an empty table
+ * slot). Reads every byte with fixed-size loads (the last word overlaps
+ * the one before it; the length is mixed in, so that is harmless), then one full
+ * mix: levels are short, so this is a handful of instructions. */
+static inline uint32_t
+level_hash(uint64_t seed, const char *level, size_t len)
+{
+    uint64_t h = seed ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull);
+    uint64_t word = 0;
+    if (len > 8) {
+        const char *last = level + len - 8;
+        for (; level < last; level += 8) {
+            h = (h ^ level_read64(level)) * 0xff51afd7ed558ccdull;
+            h ^= h >> 32;
+        }
+        word = level_read64(last);
+    } else if (len >= 4) {
+        word = level_read32(level) | level_read32(level + len - 4) << 32;
+    } else if (len) {
+        const unsigned char *b = (const unsigned char *)level;
+        word = (uint64_t)b[0] << 16 | (uint64_t)b[len / 2] << 8 | b[len - 1];
+    }
+    h = level_mix64(h ^ word);
+    /* The index uses the low bits; the top bit only keeps 0 free as "empty". */
+    return (uint32_t)h | 0x80000000u;
+}
+
+/* The position of the first '/' in s[start..len), or len: eight bytes at
+ * a time (a byte equal to '/' becomes zero, and the classic zero-byte test
+ * marks the first one exactly), which beats a call to memchr on levels of a
+ * few bytes. */
+static inline size_t
+level_end(const char *s, size_t start, size_t len)
+{
+    size_t i = start;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = level_read64(s + i) ^ 0x2f2f2f2f2f2f2f2full;
+        uint64_t zero = (w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull;
+        if (zero)
+            return i + ((size_t)__builtin_ctzll(zero) >> 3);
+    }
+#endif
+    while (i < len && s[i] != '/')
+        i++;
+    return i;
+}
+
+/* a[0..len) == b[0..len), with word loads: levels are short, and a
+ * call to memcmp costs more than the comparison. */
+static inline bool
+level_bytes_equal(const char *a, const char *b, size_t len)
+{
+    if (len >= 8) {
+        for (size_t i = 0; i + 8 < len; i += 8)
+            if (level_read64(a + i) != level_read64(b + i))
+                return false;
+        return level_read64(a + len - 8) == level_read64(b + len - 8);
+    }
+    if (len >= 4)
+        return level_read32(a) == level_read32(b) &&
+               level_read32(a + len - 4) == level_read32(b + len - 4);
+    for (size_t i = 0; i < len; i++)
+        if (a[i] != b[i])
+            return false;
+    return true;
+}
+
+/* level_map_find for a map of two children or more. */
+struct level_node *level_map_find_many(const struct level_map *map, uint32_t hash,
+                                       const char *level, size_t len);
+
+/* The child whose level is level[0..len), hashed to hash; NULL if none.
+ * Most nodes have one child: that case needs no call. */
+static inline struct level_node *
+level_map_find(const struct level_map *map, uint32_t hash, const char *level, size_t len)
+{
+    if (map->count > 1)
+        return level_map_find_many(map, hash, level, len);
+    const struct level_node *one = map->u.one;
+    return one && map->v.one_hash == hash && one->len == len &&
+                   level_bytes_equal(one->level, level, len)
+               ? map->u.one
+               : NULL;
+}
 
 /* Adds child (its hash, len and level set, not already present).
  * RMQ_NOMEM leaves the map as it was. */
@@ -120,8 +229,7 @@ level_split_at(struct level_split *split, uint32_t depth)
             if (start > split->len)
                 return NULL; /* the previous level was the last */
         }
-        const char *slash = memchr(split->s + start, '/', split->len - start);
-        size_t end = slash ? (size_t)(slash - split->s) : split->len;
+        size_t end = level_end(split->s, start, split->len);
         split->spans[split->known++] =
             (struct level_span){(uint32_t)start, (uint32_t)(end - start), 0};
     }

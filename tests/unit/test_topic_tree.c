@@ -2,7 +2,9 @@
  * examples and edge cases (empty levels, '#' matching its parent, the '$'
  * rule), overlapping filters, upsert, unsubscribe and pruning, wide levels,
  * crowded filters, the depth limit, and a randomized cross-check against a
- * brute-force matcher written here from the spec (not broker/topic.c).
+ * brute-force matcher written here from the spec (not broker/topic.c),
+ * and level_map.h's word-at-a-time level scan and comparison against plain
+ * byte loops at every length and alignment.
  * Leaks are caught by the ASan build; pruning is checked through
  * topic_tree_node_count(). */
 #include <setjmp.h>
@@ -17,6 +19,7 @@
 
 #include "topic_reference.h"
 
+#include "broker/level_map.h"
 #include "broker/topic_tree.h"
 
 /* ---- helpers ---- */
@@ -608,6 +611,34 @@ test_random_cross_check(void **state)
         cross_check_round(&rng);
 }
 
+/* ---- level scan and comparison (level_map.h) ---- */
+
+static void
+test_level_end_and_equal(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    char buf[64], other[64];
+    for (size_t len = 0; len <= 40; len++) {
+        for (size_t round = 0; round < 200; round++) {
+            for (size_t i = 0; i < len; i++) /* bytes around '/' (0x2f) and high ones */
+                buf[i] = (char)("./0ab\x2e\x30\xaf\x80\xff/"[rng_below(&rng, 11)]);
+            size_t start = len ? rng_below(&rng, len + 1) : 0;
+            size_t want = start;
+            while (want < len && buf[want] != '/')
+                want++;
+            assert_int_equal(level_end(buf, start, len), want);
+            memcpy(other, buf, len);
+            assert_true(level_bytes_equal(buf, other, len));
+            if (len) {
+                size_t at = rng_below(&rng, len);
+                other[at] = (char)(other[at] ^ (1u << rng_below(&rng, 8)));
+                assert_false(level_bytes_equal(buf, other, len));
+            }
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -623,6 +654,7 @@ main(void)
         cmocka_unit_test(test_wide_level),
         cmocka_unit_test(test_crowded_filter),
         cmocka_unit_test(test_random_cross_check),
+        cmocka_unit_test(test_level_end_and_equal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
