@@ -69,6 +69,9 @@ static void on_retry(evutil_socket_t fd, short what, void *arg);
 static struct link *
 link_get(struct forwarder *f, const char *node, const char *addr)
 {
+    /* Messages come in runs for one node: skip the hash look-up then. */
+    if (f->last && strcmp(f->last->node, node) == 0 && strcmp(f->last->addr, addr) == 0)
+        return f->last;
     size_t n = strlen(node);
     struct link *l = hashmap_get(f->links, node, n);
     if (l) {
@@ -80,7 +83,7 @@ link_get(struct forwarder *f, const char *node, const char *addr)
                 link_disconnect(l);
             }
         }
-        return l;
+        return f->last = l;
     }
     if (!(l = calloc(1, sizeof(*l) + n + 1)))
         return NULL;
@@ -96,7 +99,7 @@ link_get(struct forwarder *f, const char *node, const char *addr)
         link_free(l);
         return NULL;
     }
-    return l;
+    return f->last = l;
 }
 
 /* The buffer's bytes before head are gone: marks move with the rest; the
