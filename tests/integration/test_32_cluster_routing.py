@@ -772,13 +772,13 @@ def random_bytes(n, seed):
 # back-pressure
 
 
-def slow_remote_subscriber(node_id, hold_s, count=200, size=20000):
+def slow_remote_subscriber(node_id, hold_s, count=300, size=20000):
     """A publisher on n1, a QoS 1 subscriber on an extra node (node_id, with
     --max-queued-messages 100 and --backpressure-timeout 30s) that does not
     read. Once half its queue bound (50) is used, the node must hold the
     batch (its answer waits) while the subscriber stays backed up, up to
     30 s, "as it would pause a local publisher"; n1's backlog for it then
-    passes 1 MiB and n1 pauses the publisher. The subscriber stays silent
+    passes 2 MiB and n1 pauses the publisher. The subscriber stays silent
     hold_s more seconds (well below 30 s), then reads: all `count` messages
     arrive in order, once, nothing is dropped, the publisher completes."""
     n1 = CL.node("n1")
