@@ -36,8 +36,8 @@
 #include "http/peer_client.h"
 
 #define MAX_TRIES 5
-#define HIGH_WATER_DIV 32 /* pause publishers above max_buffer / 32 (2 MiB) pending for a peer */
-#define LOW_WATER_DIV 64  /* resume when every peer is below max_buffer / 64 (1 MiB) */
+#define HIGH_WATER_DIV 32 /* pause publishers above max_buffer / 32 (2 of 64 MiB) for a peer */
+#define LOW_WATER_DIV 64  /* resume when no peer has more than max_buffer / 64 (1 of 64 MiB) */
 #define RETRY_MS 100
 #define MARK_MS 10 /* resolution of a rescued message's routed-at time */
 #define DOWN_RETRY_MS 500 /* durable: a peer that is down is tried this often */

@@ -71,7 +71,7 @@ struct forwarder {
     struct peer_client *peers;
     const struct forwarder_config *cfg;
     struct hashmap *links; /* node id -> struct link */
-    struct link *last;     /* the link link_get returned last (links are never freed) */
+    struct link *last;     /* what link_get returned last (links stay until forwarder_free) */
     struct event *flush_ev;
     bool flush_pending;
     bool paused; /* publishers are paused for a full backlog */
