@@ -107,18 +107,45 @@ def check_eq(got, want, what):
 _PORTS_GIVEN = set()
 
 
+def _ephemeral_low():
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_LOW = 10000
+
+
 def free_port():
     """A loopback port nothing listens on, never one this process handed out
     before: the kernel may offer a just-closed port again, and two nodes of
     one cluster given the same port make the second fail to listen while the
-    first answers its readiness probe."""
-    for _ in range(100):
+    first answers its readiness probe. Taken below the ephemeral range when
+    there is room: a node restarted on its old port must not find it taken
+    as the source port of some client's connection meanwhile."""
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        s = socket.socket()
+        try:
+            if high - _PORT_LOW >= 1000:
+                s.bind((HOST, random.randint(_PORT_LOW, high)))
+            else:
+                s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        except OSError:
+            continue  # taken: try another
+        finally:
+            s.close()
+        if port not in _PORTS_GIVEN:
+            break
+    else:
         s = socket.socket()
         s.bind((HOST, 0))
         port = s.getsockname()[1]
         s.close()
-        if port not in _PORTS_GIVEN:
-            break
     _PORTS_GIVEN.add(port)
     return port
 
