@@ -14,6 +14,10 @@
  * node is deeper than TOPIC_TREE_MAX_LEVELS, which bounds the fixed stack
  * that topic_tree_match uses instead of recursion and allocation.
  *
+ * Matching goes through a small cache of recent topics and their results
+ * (see "match cache" below), so a topic published again and again costs one
+ * hash and one comparison instead of a walk.
+ *
  * The tree owns its nodes; subscribers are borrowed and never dereferenced.
  * Single-threaded: the loop that owns the tree calls every function. */
 #include "broker/topic_tree.h"
@@ -46,6 +50,28 @@ struct topic_tree {
     uint64_t seed;
     size_t count;
     size_t nodes;
+    uint64_t gen;              /* bumped by every change; cache entries of older ones are stale */
+    struct match_cache *cache; /* NULL until the first subscription, or if it could not be had */
+};
+
+/* The match cache's layout; how it is used is told with topic_tree_match. */
+#define CACHE_SLOTS 256u /* power of two: 44 KiB per tree that has subscriptions */
+#define CACHE_TOPIC_MAX 96u
+#define CACHE_RESULTS 4u
+#define CACHE_MANY UINT16_MAX /* count: more matches than an entry holds */
+
+struct cache_entry {
+    uint64_t gen; /* the tree's generation when filled; 0: empty */
+    uint32_t hash;
+    uint16_t topic_len;
+    uint16_t count; /* results[0..count), or CACHE_MANY */
+    struct sub results[CACHE_RESULTS];
+    char topic[CACHE_TOPIC_MAX];
+};
+
+struct match_cache {
+    struct cache_entry slots[CACHE_SLOTS];
+    uint64_t hits; /* for tests */
 };
 
 /* ---- subscriber sets ---- */
@@ -345,6 +371,7 @@ topic_tree_new(void)
         return NULL;
     tree->root.link.level = "";
     tree->seed = level_seed(tree);
+    tree->gen = 1; /* an all-zero cache entry is empty */
     return tree;
 }
 
@@ -354,6 +381,7 @@ topic_tree_free(struct topic_tree *tree)
     if (!tree)
         return;
     node_clear(&tree->root);
+    free(tree->cache);
     free(tree);
 }
 
@@ -368,6 +396,9 @@ topic_tree_subscribe(struct topic_tree *tree, const char *filter, size_t len, vo
         status = RMQ_INVALID;
     if (status != RMQ_OK)
         goto fail;
+    tree->gen++;
+    if (!tree->cache)
+        tree->cache = calloc(1, sizeof(*tree->cache)); /* none: matching walks every time */
     status = RMQ_NOMEM;
     node = node_walk(tree, filter, len, true);
     if (!node)
@@ -397,6 +428,7 @@ topic_tree_unsubscribe(struct topic_tree *tree, const char *filter, size_t len, 
     struct tree_node *node = node_walk(tree, filter, len, false);
     if (!node || !subs_remove(node, subscriber))
         return RMQ_NOT_FOUND;
+    tree->gen++;
     tree->count--;
     prune(tree, node);
     return RMQ_OK;
@@ -421,16 +453,14 @@ struct match_frame {
  * most two children one level deeper, so the stack never holds more than one
  * frame per depth plus one: TOPIC_TREE_MAX_LEVELS + 1. Topic levels are cut
  * and hashed once each, on first use, whichever branch reaches them. */
-void
-topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
-                 topic_tree_match_cb cb, void *arg)
+static void
+walk(const struct topic_tree *tree, const char *topic, size_t len, topic_tree_match_cb cb,
+     void *arg)
 {
     enum { STACK_CAP = TOPIC_TREE_MAX_LEVELS + 2, LEVELS_CAP = TOPIC_TREE_MAX_LEVELS + 1 };
     struct match_frame stack[STACK_CAP];
     struct level_span spans[LEVELS_CAP];
     struct level_split split;
-    if (!tree || !topic || !cb || len == 0 || len > TOPIC_MAX_LEN)
-        return;
     level_split_init(&split, topic, len, tree->seed, spans, LEVELS_CAP);
     const struct tree_node *root = &tree->root;
     bool dollar = topic[0] == '$';
@@ -459,6 +489,84 @@ topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
                 stack[sp++] = (struct match_frame){(const struct tree_node *)child, f.depth + 1};
         }
     }
+}
+
+/* ---- match cache ----
+ *
+ * Publishers repeat their topics, and a walk costs a cut, a hash and a look-up
+ * per level (some 800 instructions for a four-level topic). The cache maps a
+ * whole topic to the (subscriber, qos) pairs the walk gave for it, in the
+ * walk's order, so replaying an entry calls cb exactly as the walk would.
+ * Direct-mapped by the topic's hash; an entry is good only while the tree is
+ * at the generation it was filled at, and any subscribe or unsubscribe moves
+ * the generation on, so no entry can name a subscriber that has left.
+ * Topics longer than CACHE_TOPIC_MAX are walked every time; a topic with more
+ * than CACHE_RESULTS matches is remembered as such and walked (for it the
+ * walk is small beside the deliveries). */
+
+/* Passes the walk's matches on and keeps the first CACHE_RESULTS of them. */
+struct recorder {
+    topic_tree_match_cb cb;
+    void *arg;
+    uint32_t count;
+    struct sub results[CACHE_RESULTS];
+};
+
+static void
+record(void *subscriber, uint8_t qos, void *arg)
+{
+    struct recorder *r = arg;
+    if (r->count < CACHE_RESULTS)
+        r->results[r->count] = (struct sub){subscriber, qos};
+    r->count++;
+    r->cb(subscriber, qos, r->arg);
+}
+
+void
+topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
+                 topic_tree_match_cb cb, void *arg)
+{
+    if (!tree || !topic || !cb || len == 0 || len > TOPIC_MAX_LEN || !tree->count)
+        return;
+    if (!tree->cache || len > CACHE_TOPIC_MAX) {
+        walk(tree, topic, len, cb, arg);
+        return;
+    }
+    uint32_t hash = level_hash(tree->seed, topic, len);
+    struct cache_entry *e = &tree->cache->slots[hash & (CACHE_SLOTS - 1)];
+    if (e->gen == tree->gen && e->hash == hash && e->topic_len == len &&
+        level_bytes_equal(e->topic, topic, len)) {
+        tree->cache->hits++;
+        if (e->count == CACHE_MANY) {
+            walk(tree, topic, len, cb, arg);
+            return;
+        }
+        /* A copy: cb may match another topic, which may reuse this slot. */
+        struct sub results[CACHE_RESULTS];
+        uint16_t n = e->count;
+        memcpy(results, e->results, n * sizeof(results[0]));
+        for (uint16_t i = 0; i < n; i++)
+            cb(results[i].subscriber, results[i].qos, arg);
+        return;
+    }
+    uint64_t gen = tree->gen;
+    struct recorder r = {.cb = cb, .arg = arg};
+    walk(tree, topic, len, record, &r);
+    if (tree->gen != gen)
+        return; /* changed under the walk: what it gave is not the tree's now */
+    e->gen = gen;
+    e->hash = hash;
+    e->topic_len = (uint16_t)len;
+    e->count = r.count <= CACHE_RESULTS ? (uint16_t)r.count : CACHE_MANY;
+    if (r.count <= CACHE_RESULTS)
+        memcpy(e->results, r.results, r.count * sizeof(r.results[0]));
+    memcpy(e->topic, topic, len);
+}
+
+uint64_t
+topic_tree_cache_hits(const struct topic_tree *tree)
+{
+    return tree && tree->cache ? tree->cache->hits : 0;
 }
 
 size_t

@@ -44,10 +44,13 @@ typedef void (*topic_tree_match_cb)(void *subscriber, uint8_t qos, void *arg);
 
 /* Calls cb once per matching (filter, subscriber) pair. A subscriber whose
  * several filters match is called once per filter; the caller merges. The
- * tree must not be modified from inside cb. */
+ * tree must not be modified from inside cb. Recent topics' results are
+ * cached until the tree next changes; the calls are the same either way. */
 void topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
                       topic_tree_match_cb cb, void *arg);
 
+/* Matches answered from the cache of recent topics, for tests. */
+uint64_t topic_tree_cache_hits(const struct topic_tree *tree);
 /* Number of (filter, subscriber) subscriptions held. */
 size_t topic_tree_count(const struct topic_tree *tree);
 

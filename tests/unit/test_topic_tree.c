@@ -3,6 +3,8 @@
  * rule), overlapping filters, upsert, unsubscribe and pruning, wide levels,
  * crowded filters, the depth limit, and a randomized cross-check against a
  * brute-force matcher written here from the spec (not broker/topic.c),
+ * also with changes between matches, the match cache (a change is seen at
+ * once, more matches than an entry holds, long topics, colliding slots),
  * and level_map.h's word-at-a-time level scan and comparison against plain
  * byte loops at every length and alignment.
  * Leaks are caught by the ASan build; pruning is checked through
@@ -31,7 +33,6 @@ sub_index(const void *subscriber)
 {
     return (size_t)(((uintptr_t)subscriber - 0x1000u) / 16u);
 }
-
 
 struct hits {
     size_t n;
@@ -549,13 +550,15 @@ struct xc_entry {
     bool live;
 };
 
-/* Checks every name's hits against the brute force over the live entries. */
+/* Checks count random names' hits against the brute force over the live
+ * entries. */
 static void
-cross_check_names(const struct topic_tree *tree, const struct xc_entry *e, uint64_t *rng)
+cross_check_names_n(const struct topic_tree *tree, const struct xc_entry *e, uint64_t *rng,
+                    size_t count)
 {
     struct hits h = {0};
     char name[32];
-    for (size_t k = 0; k < XC_NAMES; k++) {
+    for (size_t k = 0; k < count; k++) {
         unsigned want[XC_SUBS][3] = {{0}}, got[XC_SUBS][3] = {{0}};
         random_words(rng, name, false);
         for (size_t i = 0; i < XC_FILTERS; i++)
@@ -569,6 +572,12 @@ cross_check_names(const struct topic_tree *tree, const struct xc_entry *e, uint6
         assert_memory_equal(want, got, sizeof(want));
     }
     hits_free(&h);
+}
+
+static void
+cross_check_names(const struct topic_tree *tree, const struct xc_entry *e, uint64_t *rng)
+{
+    cross_check_names_n(tree, e, rng, XC_NAMES);
 }
 
 static void
@@ -599,6 +608,28 @@ cross_check_round(uint64_t *rng)
         }
     }
     cross_check_names(tree, e, rng);
+    /* One change at a time, each followed by matches: the match cache must
+     * never answer with what the tree held before the change. */
+    for (size_t step = 0; step < 60; step++) {
+        size_t i = rng_below(rng, XC_FILTERS);
+        if (e[i].live) {
+            assert_int_equal(unsub(tree, e[i].filter, SUB(e[i].sub)), RMQ_OK);
+            e[i].live = false;
+        } else {
+            bool replaced;
+            e[i].qos = (uint8_t)rng_below(rng, 3);
+            assert_int_equal(sub(tree, e[i].filter, SUB(e[i].sub), e[i].qos, &replaced), RMQ_OK);
+            for (size_t j = 0; j < XC_FILTERS && replaced; j++) {
+                if (j != i && e[j].live && e[j].sub == e[i].sub &&
+                    !strcmp(e[j].filter, e[i].filter)) {
+                    e[j].live = false;
+                    break;
+                }
+            }
+            e[i].live = true;
+        }
+        cross_check_names_n(tree, e, rng, 12);
+    }
     topic_tree_free(tree);
     free(e);
 }
@@ -609,6 +640,104 @@ test_random_cross_check(void **state)
     uint64_t rng = 0x2545f4914f6cdd1dull;
     for (int round = 0; round < 25; round++)
         cross_check_round(&rng);
+}
+
+/* ---- match cache ---- */
+
+/* Matches topic and checks that it gives exactly subs[0..n) (in any order)
+ * at qos[i] each. */
+static void
+expect_hits(const struct topic_tree *tree, const char *topic, const size_t *subs,
+            const uint8_t *qos, size_t n)
+{
+    struct hits h = {0};
+    assert_int_equal(match(tree, topic, &h), n);
+    for (size_t i = 0; i < n; i++) {
+        size_t found = 0;
+        for (size_t k = 0; k < h.n; k++)
+            if (h.subs[k] == SUB(subs[i]) && h.qos[k] == qos[i])
+                found++;
+        assert_int_equal(found, 1);
+    }
+    hits_free(&h);
+}
+
+static void
+test_match_cache(void **state)
+{
+    (void)state;
+    struct topic_tree *tree = topic_tree_new();
+    assert_non_null(tree);
+    assert_int_equal(sub(tree, "a/b", SUB(1), 1, NULL), RMQ_OK);
+    expect_hits(tree, "a/b", (size_t[]){1}, (uint8_t[]){1}, 1);
+    uint64_t hits = topic_tree_cache_hits(tree);
+    expect_hits(tree, "a/b", (size_t[]){1}, (uint8_t[]){1}, 1);
+    assert_int_equal(topic_tree_cache_hits(tree), hits + 1);
+
+    /* Every kind of change is seen by the next match. */
+    assert_int_equal(sub(tree, "a/+", SUB(2), 0, NULL), RMQ_OK);
+    expect_hits(tree, "a/b", (size_t[]){1, 2}, (uint8_t[]){1, 0}, 2);
+    assert_int_equal(sub(tree, "a/b", SUB(1), 2, NULL), RMQ_OK); /* qos upgrade */
+    expect_hits(tree, "a/b", (size_t[]){1, 2}, (uint8_t[]){2, 0}, 2);
+    assert_int_equal(unsub(tree, "a/b", SUB(1)), RMQ_OK);
+    expect_hits(tree, "a/b", (size_t[]){2}, (uint8_t[]){0}, 1);
+    expect_hits(tree, "a/b", (size_t[]){2}, (uint8_t[]){0}, 1);
+    assert_int_equal(unsub(tree, "a/+", SUB(2)), RMQ_OK);
+    expect_hits(tree, "a/b", NULL, NULL, 0);
+    /* A name that matched nothing starts matching. */
+    expect_hits(tree, "x/y", NULL, NULL, 0);
+    assert_int_equal(sub(tree, "#", SUB(3), 1, NULL), RMQ_OK);
+    expect_hits(tree, "x/y", (size_t[]){3}, (uint8_t[]){1}, 1);
+    expect_hits(tree, "$SYS/x", NULL, NULL, 0);
+    expect_hits(tree, "$SYS/x", NULL, NULL, 0);
+    assert_int_equal(unsub(tree, "#", SUB(3)), RMQ_OK);
+
+    /* More matches than an entry holds, twice. */
+    size_t many[9];
+    uint8_t many_qos[9];
+    for (size_t i = 0; i < 9; i++) {
+        many[i] = 10 + i;
+        many_qos[i] = (uint8_t)(i % 3);
+        assert_int_equal(sub(tree, "m/#", SUB(many[i]), many_qos[i], NULL), RMQ_OK);
+    }
+    hits = topic_tree_cache_hits(tree);
+    expect_hits(tree, "m/x", many, many_qos, 9);
+    expect_hits(tree, "m/x", many, many_qos, 9);
+    assert_int_equal(topic_tree_cache_hits(tree), hits + 1);
+
+    /* A topic longer than an entry holds, and one just as long. */
+    char name[300];
+    memset(name, 'q', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    memcpy(name, "m/", 2);
+    expect_hits(tree, name, many, many_qos, 9);
+    expect_hits(tree, name, many, many_qos, 9);
+    for (size_t len = 90; len <= 100; len++) {
+        name[len] = '\0';
+        expect_hits(tree, name, many, many_qos, 9);
+        expect_hits(tree, name, many, many_qos, 9);
+        name[len] = 'q';
+    }
+    topic_tree_free(tree);
+
+    /* Many more topics than slots, each with its own subscriber, matched in
+     * rounds: colliding topics replace each other and never mix. */
+    tree = topic_tree_new();
+    assert_non_null(tree);
+    enum { TOPICS = 3000 };
+    char topic[32];
+    for (size_t i = 0; i < TOPICS; i++) {
+        snprintf(topic, sizeof(topic), "dev/%zu/cmd", i);
+        assert_int_equal(sub(tree, topic, SUB(i), (uint8_t)(i % 3), NULL), RMQ_OK);
+    }
+    uint64_t rng = 0x51ed270b5e2a4a9dull;
+    for (size_t k = 0; k < 4 * TOPICS; k++) {
+        size_t i = rng_below(&rng, TOPICS);
+        snprintf(topic, sizeof(topic), "dev/%zu/cmd", i);
+        expect_hits(tree, topic, (size_t[]){i}, (uint8_t[]){(uint8_t)(i % 3)}, 1);
+    }
+    assert_true(topic_tree_cache_hits(tree) > 0);
+    topic_tree_free(tree);
 }
 
 /* ---- level scan and comparison (level_map.h) ---- */
@@ -654,6 +783,7 @@ main(void)
         cmocka_unit_test(test_wide_level),
         cmocka_unit_test(test_crowded_filter),
         cmocka_unit_test(test_random_cross_check),
+        cmocka_unit_test(test_match_cache),
         cmocka_unit_test(test_level_end_and_equal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
