@@ -15,8 +15,9 @@
  * that topic_tree_match uses instead of recursion and allocation.
  *
  * Matching goes through a small cache of recent topics and their results
- * (see "match cache" below), so a topic published again and again costs one
- * hash and one comparison instead of a walk.
+ * (see "match cache" below), so a topic published again and again (up to
+ * 96 bytes, up to 8 matches) costs one hash and one comparison instead of
+ * a walk.
  *
  * The tree owns its nodes; subscribers are borrowed and never dereferenced.
  * Single-threaded: the loop that owns the tree calls every function. */
@@ -55,23 +56,24 @@ struct topic_tree {
 };
 
 /* The match cache's layout; how it is used is told with topic_tree_match. */
-#define CACHE_SLOTS 256u /* power of two: 44 KiB per tree that has subscriptions */
+#define CACHE_SLOTS 256u /* power of two: 46 KiB per tree that has subscriptions */
 #define CACHE_TOPIC_MAX 96u
-#define CACHE_RESULTS 4u
+#define CACHE_RESULTS 8u
 #define CACHE_MANY UINT16_MAX /* count: more matches than an entry holds */
 
 struct cache_entry {
     uint64_t gen; /* the tree's generation when filled; 0: empty */
     uint32_t hash;
     uint16_t topic_len;
-    uint16_t count; /* results[0..count), or CACHE_MANY */
-    struct sub results[CACHE_RESULTS];
+    uint16_t count; /* subscribers[0..count) at qos[0..count), or CACHE_MANY */
+    void *subscribers[CACHE_RESULTS];
+    uint8_t qos[CACHE_RESULTS];
     char topic[CACHE_TOPIC_MAX];
 };
 
 struct match_cache {
     struct cache_entry slots[CACHE_SLOTS];
-    uint64_t hits; /* for tests */
+    uint64_t hits; /* matches answered by replaying an entry, for tests */
 };
 
 /* ---- subscriber sets ---- */
@@ -494,7 +496,7 @@ walk(const struct topic_tree *tree, const char *topic, size_t len, topic_tree_ma
 /* ---- match cache ----
  *
  * Publishers repeat their topics, and a walk costs a cut, a hash and a look-up
- * per level (some 800 instructions for a four-level topic). The cache maps a
+ * per level (several hundred instructions for a four-level topic). The cache maps a
  * whole topic to the (subscriber, qos) pairs the walk gave for it, in the
  * walk's order, so replaying an entry calls cb exactly as the walk would.
  * Direct-mapped by the topic's hash; an entry is good only while the tree is
@@ -509,15 +511,18 @@ struct recorder {
     topic_tree_match_cb cb;
     void *arg;
     uint32_t count;
-    struct sub results[CACHE_RESULTS];
+    void *subscribers[CACHE_RESULTS];
+    uint8_t qos[CACHE_RESULTS];
 };
 
 static void
 record(void *subscriber, uint8_t qos, void *arg)
 {
     struct recorder *r = arg;
-    if (r->count < CACHE_RESULTS)
-        r->results[r->count] = (struct sub){subscriber, qos};
+    if (r->count < CACHE_RESULTS) {
+        r->subscribers[r->count] = subscriber;
+        r->qos[r->count] = qos;
+    }
     r->count++;
     r->cb(subscriber, qos, r->arg);
 }
@@ -536,17 +541,19 @@ topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
     struct cache_entry *e = &tree->cache->slots[hash & (CACHE_SLOTS - 1)];
     if (e->gen == tree->gen && e->hash == hash && e->topic_len == len &&
         level_bytes_equal(e->topic, topic, len)) {
-        tree->cache->hits++;
         if (e->count == CACHE_MANY) {
             walk(tree, topic, len, cb, arg);
             return;
         }
+        tree->cache->hits++;
         /* A copy: cb may match another topic, which may reuse this slot. */
-        struct sub results[CACHE_RESULTS];
+        void *subscribers[CACHE_RESULTS];
+        uint8_t qos[CACHE_RESULTS];
         uint16_t n = e->count;
-        memcpy(results, e->results, n * sizeof(results[0]));
+        memcpy(subscribers, e->subscribers, n * sizeof(subscribers[0]));
+        memcpy(qos, e->qos, n);
         for (uint16_t i = 0; i < n; i++)
-            cb(results[i].subscriber, results[i].qos, arg);
+            cb(subscribers[i], qos[i], arg);
         return;
     }
     uint64_t gen = tree->gen;
@@ -558,8 +565,10 @@ topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
     e->hash = hash;
     e->topic_len = (uint16_t)len;
     e->count = r.count <= CACHE_RESULTS ? (uint16_t)r.count : CACHE_MANY;
-    if (r.count <= CACHE_RESULTS)
-        memcpy(e->results, r.results, r.count * sizeof(r.results[0]));
+    if (r.count <= CACHE_RESULTS) {
+        memcpy(e->subscribers, r.subscribers, r.count * sizeof(r.subscribers[0]));
+        memcpy(e->qos, r.qos, r.count);
+    }
     memcpy(e->topic, topic, len);
 }
 

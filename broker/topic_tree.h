@@ -49,8 +49,10 @@ typedef void (*topic_tree_match_cb)(void *subscriber, uint8_t qos, void *arg);
 void topic_tree_match(const struct topic_tree *tree, const char *topic, size_t len,
                       topic_tree_match_cb cb, void *arg);
 
-/* Matches answered from the cache of recent topics, for tests. */
+/* Matches answered by replaying the cache of recent topics (no walk), for
+ * tests. */
 uint64_t topic_tree_cache_hits(const struct topic_tree *tree);
+
 /* Number of (filter, subscriber) subscriptions held. */
 size_t topic_tree_count(const struct topic_tree *tree);
 

@@ -6,7 +6,7 @@
  * also with changes between matches, the match cache (a change is seen at
  * once, more matches than an entry holds, long topics, colliding slots),
  * and level_map.h's word-at-a-time level scan and comparison against plain
- * byte loops at every length and alignment.
+ * byte loops at every length up to 100 bytes and eight alignments.
  * Leaks are caught by the ASan build; pruning is checked through
  * topic_tree_node_count(). */
 #include <setjmp.h>
@@ -556,7 +556,7 @@ static void
 cross_check_names_n(const struct topic_tree *tree, const struct xc_entry *e, uint64_t *rng,
                     size_t count)
 {
-    struct hits h = {0};
+    struct hits h = {0}, again = {0};
     char name[32];
     for (size_t k = 0; k < count; k++) {
         unsigned want[XC_SUBS][3] = {{0}}, got[XC_SUBS][3] = {{0}};
@@ -570,8 +570,14 @@ cross_check_names_n(const struct topic_tree *tree, const struct xc_entry *e, uin
         if (memcmp(want, got, sizeof(want)) != 0)
             print_error("name '%s': hits differ from the reference\n", name);
         assert_memory_equal(want, got, sizeof(want));
+        /* Again (from the cache, if it fits): the same calls in the same order. */
+        match(tree, name, &again);
+        assert_int_equal(again.n, h.n);
+        assert_memory_equal(again.subs, h.subs, h.n * sizeof(h.subs[0]));
+        assert_memory_equal(again.qos, h.qos, h.n);
     }
     hits_free(&h);
+    hits_free(&again);
 }
 
 static void
@@ -692,31 +698,49 @@ test_match_cache(void **state)
     expect_hits(tree, "$SYS/x", NULL, NULL, 0);
     assert_int_equal(unsub(tree, "#", SUB(3)), RMQ_OK);
 
-    /* More matches than an entry holds, twice. */
+    /* As many matches as an entry holds (8), then one more, twice each. */
     size_t many[9];
     uint8_t many_qos[9];
     for (size_t i = 0; i < 9; i++) {
         many[i] = 10 + i;
         many_qos[i] = (uint8_t)(i % 3);
         assert_int_equal(sub(tree, "m/#", SUB(many[i]), many_qos[i], NULL), RMQ_OK);
+        if (i == 7) {
+            expect_hits(tree, "m/x", many, many_qos, 8);
+            hits = topic_tree_cache_hits(tree);
+            expect_hits(tree, "m/x", many, many_qos, 8);
+            assert_int_equal(topic_tree_cache_hits(tree), hits + 1);
+        }
     }
     hits = topic_tree_cache_hits(tree);
     expect_hits(tree, "m/x", many, many_qos, 9);
-    expect_hits(tree, "m/x", many, many_qos, 9);
-    assert_int_equal(topic_tree_cache_hits(tree), hits + 1);
-
-    /* A topic longer than an entry holds, and one just as long. */
+    expect_hits(tree, "m/x", many, many_qos, 9); /* walked again: too many to keep */
+    assert_int_equal(topic_tree_cache_hits(tree), hits);
     char name[300];
     memset(name, 'q', sizeof(name) - 1);
     name[sizeof(name) - 1] = '\0';
     memcpy(name, "m/", 2);
     expect_hits(tree, name, many, many_qos, 9);
     expect_hits(tree, name, many, many_qos, 9);
+
+    /* Topics around the longest an entry holds (96 bytes), each with a
+     * subscriber of its own: a prefix never answers for a longer name. */
+    memcpy(name, "n/", 2);
     for (size_t len = 90; len <= 100; len++) {
+        char c = name[len];
         name[len] = '\0';
-        expect_hits(tree, name, many, many_qos, 9);
-        expect_hits(tree, name, many, many_qos, 9);
-        name[len] = 'q';
+        assert_int_equal(sub(tree, name, SUB(100 + len), 1, NULL), RMQ_OK);
+        name[len] = c;
+    }
+    for (size_t round = 0; round < 2; round++) {
+        for (size_t len = 90; len <= 100; len++) {
+            char c = name[len];
+            name[len] = '\0';
+            hits = topic_tree_cache_hits(tree);
+            expect_hits(tree, name, (size_t[]){100 + len}, (uint8_t[]){1}, 1);
+            assert_int_equal(topic_tree_cache_hits(tree), hits + (round == 1 && len <= 96));
+            name[len] = c;
+        }
     }
     topic_tree_free(tree);
 
@@ -747,9 +771,10 @@ test_level_end_and_equal(void **state)
 {
     (void)state;
     uint64_t rng = 0x9e3779b97f4a7c15ull;
-    char buf[64], other[64];
-    for (size_t len = 0; len <= 40; len++) {
+    char bufs[128], others[128];
+    for (size_t len = 0; len <= 100; len++) {
         for (size_t round = 0; round < 200; round++) {
+            char *buf = bufs + round % 8, *other = others + (round / 8) % 8;
             for (size_t i = 0; i < len; i++) /* bytes around '/' (0x2f) and high ones */
                 buf[i] = (char)("./0ab\x2e\x30\xaf\x80\xff/"[rng_below(&rng, 11)]);
             size_t start = len ? rng_below(&rng, len + 1) : 0;
