@@ -25,9 +25,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
-import test_32_cluster_routing as t32  # noqa: E402
+import routing_harness as rh  # noqa: E402
 
-KEY = t32.KEY
+KEY = rh.KEY
 PASSWORDS = {"alice": "al1ce-pw", "bob": "b0b-pw", "filer": "f1ler-pw"}
 LOGGED_SECRETS = list(PASSWORDS.values()) + ["wrong-pw-7", "changed-pw-9"]
 FOUND = 'relaymq_auth_redis_lookups_total{result="found"}'
@@ -71,12 +71,12 @@ def connect(node, user=None, password=None, rc=0):
 
 
 def metric(node, name):
-    return t32.metric(node, name)
+    return rh.metric(node, name)
 
 
 @case
 def user_in_redis_connects_on_both_nodes_and_traffic_crosses():
-    t32.REDIS, t32.CL = REDIS, CL
+    rh.REDIS, rh.CL = REDIS, CL
     for n in CL.nodes:
         START[n.node_id] = {m: metric(n, m) for m in (FOUND, NOT_FOUND, ERRORS, AUTH_FAILURES)}
     set_user("alice", PASSWORDS["alice"])
@@ -87,8 +87,8 @@ def user_in_redis_connects_on_both_nodes_and_traffic_crosses():
     try:
         topic = h.uid("usr") + "/t"
         h.check_eq(sub.subscribe([(topic, 1)]), [1], "SUBACK on n2")
-        t32.wait_route("n2", topic)
-        t32.wait_replicas()
+        rh.wait_route("n2", topic)
+        rh.wait_replicas()
         pub.publish(topic, b"hello", 1)
         got = sub.recv_publish()
         h.check_eq((got.topic, got.payload), (topic, b"hello"), "message from n1 to n2")

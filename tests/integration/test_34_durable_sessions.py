@@ -36,9 +36,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
-import test_32_cluster_routing as t32  # noqa: E402
+import routing_harness as rh  # noqa: E402
 
-KEY = t32.KEY
+KEY = rh.KEY
 TTL_S = 3.0
 REAP_SLACK_S = 12.0
 RESCUED_OUT = 'relaymq_forward_rescued_total{direction="out"}'
@@ -70,7 +70,7 @@ def wait_reaped(node_id):
 
 @case
 def unacked_and_queued_messages_survive_kill9():
-    t32.REDIS, t32.CL = REDIS, CL
+    rh.REDIS, rh.CL = REDIS, CL
     n1, n2 = CL.node("n1"), CL.node("n2")
     v = victim("v1")
     tag = h.uid("dur")
@@ -81,10 +81,10 @@ def unacked_and_queued_messages_survive_kill9():
         sub = h.RawClient(v.port)
         h.check(not sub.connect(cid, clean=False), "a new session is not present")
         h.check_eq(sub.subscribe([(tag + "/#", 1)]), [1], "SUBACK")
-        t32.wait_route("v1", tag + "/#")
-        t32.wait_replicas(t32.live_nodes() + [v])
-        pub = t32.raw_publisher(n1)
-        t32.publish_all(pub, [(topic, "m-%d" % i) for i in range(30)], 1)
+        rh.wait_route("v1", tag + "/#")
+        rh.wait_replicas(rh.live_nodes() + [v])
+        pub = rh.raw_publisher(n1)
+        rh.publish_all(pub, [(topic, "m-%d" % i) for i in range(30)], 1)
         # The window is 20 (--max-inflight): 20 arrive, none acknowledged.
         first = [sub.recv_publish(ack=False) for _ in range(20)]
         h.check_eq([p.payload for p in first], [b"m-%d" % i for i in range(20)],
@@ -146,7 +146,7 @@ class Collector:
 
 @case
 def node_killed_under_qos1_load_loses_nothing_for_sessions_that_reconnect():
-    t32.REDIS, t32.CL = REDIS, CL
+    rh.REDIS, rh.CL = REDIS, CL
     n1, n2 = CL.node("n1"), CL.node("n2")
     v = victim("v2")
     tag = h.uid("load")
@@ -160,16 +160,16 @@ def node_killed_under_qos1_load_loses_nothing_for_sessions_that_reconnect():
     try:
         s1.attach(v, new=True)
         s2.attach(v, new=True)
-        clean = t32.subscriber(n2, tag + "/#", 1)
-        t32.wait_route("v2", tag + "/#")
-        t32.wait_route("n2", tag + "/#")
-        t32.wait_replicas(t32.live_nodes() + [v])
-        pub = t32.raw_publisher(n1)
+        clean = rh.subscriber(n2, tag + "/#", 1)
+        rh.wait_route("v2", tag + "/#")
+        rh.wait_route("n2", tag + "/#")
+        rh.wait_replicas(rh.live_nodes() + [v])
+        pub = rh.raw_publisher(n1)
 
         def publish():
             try:
                 for start in range(0, count, burst):
-                    t32.publish_all(pub, [(topic, "m-%d" % i)
+                    rh.publish_all(pub, [(topic, "m-%d" % i)
                                           for i in range(start, start + burst)], 1)
                     time.sleep(0.2)  # about 8 s in all: past the reaping
             except Exception as e:  # noqa: BLE001 - reported by the case
@@ -195,11 +195,11 @@ def node_killed_under_qos1_load_loses_nothing_for_sessions_that_reconnect():
             except AssertionError as e:
                 missing = sorted(set(range(count)) - set(s.seqs()))
                 raise AssertionError("%s: %d missing: %s" % (e, len(missing), missing[:40]))
-        t32.check_sequence([int(m.payload.split(b"-")[1]) for m in clean.take(count, 30)],
+        rh.check_sequence([int(m.payload.split(b"-")[1]) for m in clean.take(count, 30)],
                            count, "clean subscriber on n2")
-        t32.no_more([clean])
+        rh.no_more([clean])
         dups = [len(s.seqs()) - count for s in (s1, s2)]
-        rescued = t32.metric(n1, RESCUED_OUT)
+        rescued = rh.metric(n1, RESCUED_OUT)
         v.remove_files()
         return ("killed after %d; duplicates s1 %d, s2 %d; %d rescued by n1"
                 % (killed_at, dups[0], dups[1], rescued))

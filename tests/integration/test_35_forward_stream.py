@@ -40,9 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
 import internal_sign  # noqa: E402
-import test_32_cluster_routing as t32  # noqa: E402
+import routing_harness as rh  # noqa: E402
 
-KEY = t32.KEY
+KEY = rh.KEY
 STREAMS_OUT = 'relaymq_forward_streams_total{direction="out"}'
 STREAMS_IN = 'relaymq_forward_streams_total{direction="in"}'
 MALFORMED = 'relaymq_forward_batches_total{direction="in",outcome="malformed"}'
@@ -151,7 +151,7 @@ def frames_are_routed_acknowledged_and_never_routed_twice():
     sub = h.raw_connected(n2.port)
     try:
         h.check_eq(sub.subscribe([(topic, 1)]), [1], "SUBACK")
-        streams_before = t32.metric(n2, STREAMS_IN)
+        streams_before = rh.metric(n2, STREAMS_IN)
         link = os.urandom(8).hex()
         first = [frame(topic, b"m%d" % i) for i in range(3)]
         s = open_stream(n2, link, 1000)
@@ -170,7 +170,7 @@ def frames_are_routed_acknowledged_and_never_routed_twice():
         h.check_eq(sub.recv_publish().payload, b"m3", "second stream's new message")
         sub.expect_nothing(what="a message routed twice")
         s.close()
-        h.check_eq(t32.metric(n2, STREAMS_IN) - streams_before, 2, "streams opened on n2")
+        h.check_eq(rh.metric(n2, STREAMS_IN) - streams_before, 2, "streams opened on n2")
     finally:
         sub.close()
 
@@ -180,12 +180,12 @@ def malformed_frames_close_the_stream_and_are_counted():
     n2 = CL[1]
     for what, data in [("flags 0xC0", frame("a/b", b"x", flags=0xC0)),
                        ("a wildcard topic", frame("a/+", b"x"))]:
-        before = t32.metric(n2, MALFORMED)
+        before = rh.metric(n2, MALFORMED)
         s = open_stream(n2, os.urandom(8).hex(), 0)
         s.sendall(data)
         h.check(closed_by_peer(s), "%s: the stream was not closed" % what)
         s.close()
-        h.check_eq(t32.metric(n2, MALFORMED) - before, 1, "%s: malformed counter" % what)
+        h.check_eq(rh.metric(n2, MALFORMED) - before, 1, "%s: malformed counter" % what)
     probe = h.raw_connected(n2.port)
     probe.disconnect()
 
@@ -195,11 +195,11 @@ def stream_broken_by_a_stalled_node_loses_and_repeats_nothing():
     n1, n2 = CL[0], CL[1]
     topic = h.uid("stall") + "/t"
     count = 300
-    sub = t32.subscriber(n2, topic, qos=1)
-    pub = t32.raw_publisher(n1)
+    sub = rh.subscriber(n2, topic, qos=1)
+    pub = rh.raw_publisher(n1)
     try:
-        t32.wait_replicas()
-        streams_before = t32.metric(n1, STREAMS_OUT)
+        rh.wait_replicas()
+        streams_before = rh.metric(n1, STREAMS_OUT)
 
         def publish():
             for i in range(count):
@@ -216,10 +216,10 @@ def stream_broken_by_a_stalled_node_loses_and_repeats_nothing():
             os.kill(n2.proc.pid, signal.SIGCONT)
         th.join()
         got = sub.take(count, 40)
-        t32.check_sequence([int(m.payload) for m in got], count,
+        rh.check_sequence([int(m.payload) for m in got], count,
                            "messages across the broken stream")
-        t32.no_more([sub], what="after the %d messages" % count)
-        h.check(t32.metric(n1, STREAMS_OUT) - streams_before >= 1,
+        rh.no_more([sub], what="after the %d messages" % count)
+        h.check(rh.metric(n1, STREAMS_OUT) - streams_before >= 1,
                 "n1 opened no new stream after the stall")
     finally:
         ch.stop_quietly(sub, pub)
@@ -232,7 +232,7 @@ def stop_all():
 def bind(redis, events, cluster):
     global REDIS, CL
     REDIS, CL = redis, cluster
-    t32.bind(redis, events, cluster)
+    rh.bind(redis, events, cluster)
 
 
 def main():

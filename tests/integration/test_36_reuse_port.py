@@ -25,7 +25,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
-import test_32_cluster_routing as t32  # noqa: E402
+import routing_harness as rh  # noqa: E402
 
 PORT = h.free_port()
 REDIS = None
@@ -83,7 +83,7 @@ def messages_flow_between_and_within_the_processes():
     subs = [client_on("n1"), client_on("n2")]
     for s in subs:
         h.check_eq(s.subscribe([(topic, 1)]), [1], "SUBACK")
-    t32.wait_replicas()  # each node knows the other's subscriber
+    rh.wait_replicas()  # each node knows the other's subscriber
     pubs = [client_on("n1"), client_on("n2")]
     n = 200
     for i, p in enumerate(pubs):
@@ -118,12 +118,12 @@ def stop_all():
 def bind(redis, events, cluster):
     global REDIS, CL
     REDIS, CL = redis, cluster
-    t32.bind(redis, events, cluster)
+    rh.bind(redis, events, cluster)
 
 
 def main():
     return ch.run_suite(cases, ("every_node_exits_0_on_sigterm", stop_all), bind, nodes=2,
-                        port=PORT, reuse_port="true", api_key=t32.KEY)
+                        port=PORT, reuse_port="true", api_key=rh.KEY)
 
 
 if __name__ == "__main__":
