@@ -484,12 +484,19 @@ trap 'stop_bench; stop_broker; exit 130' INT TERM
 
 port_in_use() { [ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
 
-# A free port below the ephemeral range, so client sockets never collide.
+# A free port below the ephemeral range, so client sockets never collide,
+# and never one handed out before in this run: a node's ports are all
+# picked before it binds any of them. free_port runs in $(...), so the
+# record is a file ($OUT/ports.given).
 free_port() {
     local p
     for _ in $(seq 100); do
         p=$((20000 + RANDOM % 10000))
-        port_in_use "$p" || { echo "$p"; return 0; }
+        grep -qx "$p" "$OUT/ports.given" 2>/dev/null && continue
+        port_in_use "$p" && continue
+        echo "$p" >>"$OUT/ports.given"
+        echo "$p"
+        return 0
     done
     die "no free port found"
 }
