@@ -1,5 +1,6 @@
 /* Command line of relaymq-bench: one scenario name followed by options.
- * The option names are a contract with scripts/bench.sh and BENCHMARKS.md;
+ * The option names are a contract with scripts/bench.sh, BENCHMARKS.md and
+ * docs/bench-tool.md;
  * bench_opts_usage() prints the authoritative list. */
 #ifndef RMQ_TESTS_BENCH_OPTS_H
 #define RMQ_TESTS_BENCH_OPTS_H
