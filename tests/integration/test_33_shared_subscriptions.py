@@ -28,7 +28,6 @@ Route replication is asynchronous: after the SUBACKs a case waits until the
 group key is in every member node's P routes:{node} set, then 500 ms more
 before publishing. Times are only generous upper bounds.
 """
-import http.client
 import os
 import sys
 import time
@@ -37,8 +36,8 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
+from routing_harness import KEY, metrics  # noqa: E402
 
-KEY = "k"
 SETTLE_S = 0.5  # route replication after SUBACK, generously
 
 SH_OUT = 'relaymq_forward_shared_total{direction="out"}'
@@ -55,24 +54,6 @@ cases, case = ch.case_list()
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def metrics(node):
-    """Every sample of node's /metrics as {sample: float}."""
-    conn = http.client.HTTPConnection(h.HOST, node.http_port, timeout=h.WAIT)
-    try:
-        conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + KEY})
-        r = conn.getresponse()
-        body = r.read().decode()
-        h.check_eq(r.status, 200, "GET /metrics on %s" % node.node_id)
-    finally:
-        conn.close()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def snap(nodes, samples=(SH_OUT, SH_IN, SH_LOST, SH_DELIV, SH_REDISP)):
