@@ -530,18 +530,25 @@ start_redis() {
 # RelayMQ's admin HTTP listener (default 127.0.0.1:8080) goes to a free port
 # too, so that a broker someone else runs on 8080 cannot get in the way.
 start_broker() {
-    local name=$1 tag=$2 port log
+    local name=$1 tag=$2 port log http1 http2 int1 int2
+    # Every port is picked here, in this shell, one after the other: picked
+    # inside the backgrounded command lines below, two nodes' picks ran at
+    # once in two copies of this shell and could draw the same number.
     port=$(free_port)
+    http1=$(free_port)
+    http2=$(free_port)
+    int1=$(free_port)
+    int2=$(free_port)
     log="$OUT/$tag.log"
     case "$name" in
     relaymq)
         "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" >"$log" 2>&1 &
+            --http "127.0.0.1:$http1" >"$log" 2>&1 &
         ;;
     relaymq-redis)
         start_redis "$tag" || return 1
         "$RELAYMQ" --listen "127.0.0.1:$port" --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" \
+            --http "127.0.0.1:$http1" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
     mosquitto)
@@ -553,12 +560,12 @@ start_broker() {
         NODE2_PORT=$(free_port)
         RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
             --listen "127.0.0.1:$NODE2_PORT" --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --http "127.0.0.1:$http2" --internal "127.0.0.1:$int2" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b2 >"$OUT/$tag.b2.log" 2>&1 &
         NODE2_PID=$!
         RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
             --listen "127.0.0.1:$port" --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --http "127.0.0.1:$http1" --internal "127.0.0.1:$int1" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
     relaymq-reuseport)
@@ -566,18 +573,18 @@ start_broker() {
         NODE2_PORT=$port
         RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
             --listen "127.0.0.1:$port" --reuse-port true --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --http "127.0.0.1:$http2" --internal "127.0.0.1:$int2" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b2 >"$OUT/$tag.b2.log" 2>&1 &
         NODE2_PID=$!
         RELAYMQ_CLUSTER_SECRET=bench-cluster-secret "$RELAYMQ" \
             --listen "127.0.0.1:$port" --reuse-port true --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" --internal "127.0.0.1:$(free_port)" \
+            --http "127.0.0.1:$http1" --internal "127.0.0.1:$int1" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
     relaymq-tls)
         "$RELAYMQ" --listen "tls://127.0.0.1:$port" --tls-cert "$OUT/tls.crt" \
             --tls-key "$OUT/tls.key" --allow-anonymous true \
-            --http "127.0.0.1:$(free_port)" >"$log" 2>&1 &
+            --http "127.0.0.1:$http1" >"$log" 2>&1 &
         ;;
     mosquitto-tls)
         printf 'listener %s 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n' \
