@@ -75,7 +75,9 @@ void broker_api_gauges(struct broker *b, struct broker_gauges *out);
  * as received from a peer. *backed_up tells whether a connected QoS 1/2
  * subscriber's queue is past the mark where local publishers are paused:
  * the caller should wait (up to --backpressure-timeout) before routing
- * more. RMQ_INVALID as broker_api_publish. The broker's clock is not read:
+ * more. The topic must already have passed the checks a PUBLISH's topic
+ * name gets (forward_frame_next makes them on every frame); only its length
+ * and qos are checked again (RMQ_INVALID). The broker's clock is not read:
  * a caller routing a batch refreshes it once first (broker_api_now). */
 enum rmq_status broker_api_route_remote(struct broker *b, const char *topic, size_t topic_len,
                                         const void *payload, size_t payload_len, uint8_t qos,
