@@ -1,5 +1,6 @@
 """SUBSCRIBE / UNSUBSCRIBE: granted codes, wildcards, overlapping
-subscriptions, $-topics, and topics a publisher must not use."""
+subscriptions, $-topics, topics a publisher must not use, and a topic
+published again after each kind of subscription change."""
 import os
 import sys
 import time
@@ -129,6 +130,66 @@ def resubscribing_replaces_the_subscription(b):
     c.expect_nothing(what="a second copy from a replaced subscription")
     c.disconnect()
     pub.disconnect()
+
+
+@T.case
+def a_topic_published_again_sees_every_subscription_change(b):
+    # RelayMQ remembers which subscriptions a recent topic matched (until
+    # the next SUBSCRIBE or UNSUBSCRIBE anywhere): each publish below repeats
+    # one topic right after a change, and must reflect it. Clients that
+    # leave with a clean session lose their subscriptions the same way.
+    r = h.uid("mc")
+    topic = r + "/a/b"
+    pub = h.raw_connected(b.port)
+    seq = [0]
+
+    def publish_and_expect(want, what):
+        """want: {client: qos or None}; publishes one QoS 2 message on topic."""
+        seq[0] += 1
+        payload = b"%d" % seq[0]
+        pub.publish(topic, payload, qos=2, pid=seq[0])
+        for c, qos in want.items():
+            if qos is None:
+                continue
+            p = c.recv_publish()
+            h.check_eq((p.topic, p.payload, p.qos), (topic, payload, qos),
+                       "%s: delivery to %s" % (what, c.name))
+        for c, qos in want.items():
+            c.expect_nothing(timeout=0.3, what="%s: nothing more for %s" % (what, c.name))
+
+    a = h.raw_connected(b.port)
+    a.name = "a (%s, QoS 2)" % topic
+    h.check_eq(a.subscribe([(topic, 2)]), [2], "SUBACK a")
+    publish_and_expect({a: 2}, "one subscriber")
+    publish_and_expect({a: 2}, "the same again")
+    c = h.raw_connected(b.port)
+    c.name = "c (%s/#, QoS 1)" % r
+    h.check_eq(c.subscribe([(r + "/#", 1)]), [1], "SUBACK c")
+    publish_and_expect({a: 2, c: 1}, "after a second subscriber")
+    h.check_eq(a.subscribe([(topic, 0)], pid=2), [0], "SUBACK a, downgraded")
+    publish_and_expect({a: 0, c: 1}, "after a QoS change")
+    # More subscribers than RelayMQ remembers per topic (8), then fewer.
+    many = []
+    for i in range(9):
+        m = h.raw_connected(b.port)
+        m.name = "m%d (%s/+/b)" % (i, r)
+        h.check_eq(m.subscribe([(r + "/+/b", 1)]), [1], "SUBACK m%d" % i)
+        many.append(m)
+    eleven = {a: 0, c: 1, **{m: 1 for m in many}}
+    publish_and_expect(eleven, "eleven subscribers")
+    publish_and_expect(eleven, "eleven again")
+    gauge = b.metrics()
+    subs = gauge.fresh("broker/subscriptions/count")
+    for m in many[1:]:
+        m.disconnect()  # clean sessions: their subscriptions go with them
+    gauge.wait_for("broker/subscriptions/count", lambda v: v == subs - 8,
+                   what="eight subscriptions gone")
+    publish_and_expect({a: 0, c: 1, many[0]: 1}, "after eight clients left")
+    c.send(h.unsubscribe_packet(3, [r + "/#"]))
+    c.expect(h.UNSUBACK)
+    publish_and_expect({a: 0, c: None, many[0]: 1}, "after an UNSUBSCRIBE")
+    for x in (a, c, many[0], pub):
+        x.disconnect()
 
 
 @T.case
