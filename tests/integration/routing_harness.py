@@ -136,7 +136,7 @@ def raw_publisher(node):
     each take a queued packet and write them out of order."""
     c = h.RawClient(node.port)
     c.connect(h.uid("rp"))
-    c.node_id = node.node_id
+    c.node_id = getattr(node, "node_id", "standalone")
     return c
 
 

@@ -36,7 +36,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
-from routing_harness import KEY, metrics  # noqa: E402
+from routing_harness import KEY, metrics, publish_all, raw_publisher  # noqa: E402
 
 SETTLE_S = 0.5  # route replication after SUBACK, generously
 
@@ -98,40 +98,6 @@ def member(node, key, qos=1, **kw):
     h.check_eq(granted, [qos], "SUBACK of %r on %s" % (key, getattr(node, "node_id", "")))
     p.node_id = getattr(node, "node_id", "standalone")
     return p
-
-
-def raw_publisher(node):
-    """A raw client for ordered bulk publishing (publish_all)."""
-    c = h.RawClient(node.port)
-    c.connect(h.uid("rp"))
-    c.node_id = getattr(node, "node_id", "standalone")
-    return c
-
-
-def publish_all(pub, items, qos):
-    """Sends [(topic, payload)] as one pipelined burst of PUBLISH packets
-    (packet ids 1..n), completes every QoS flow, and ends with
-    PINGREQ/PINGRESP: once that answer is in, the node has routed them all."""
-    pids = list(range(1, len(items) + 1))
-    pub.send(b"".join(h.publish_packet(t, payload, qos, pid if qos else None)
-                      for pid, (t, payload) in zip(pids, items)))
-    acks = []
-    if qos == 1:
-        for _ in pids:
-            acks.append(pub.expect(h.PUBACK, timeout=30, what="burst PUBACK").pid)
-    elif qos == 2:
-        while len(acks) < len(pids):
-            p = pub.recv_packet(30)
-            if p.type == h.PUBREC:
-                pub.send(h.ack_packet(h.PUBREL, p.pid))
-            elif p.type == h.PUBCOMP:
-                acks.append(p.pid)
-            else:
-                raise AssertionError("burst publisher on %s: unexpected %r" % (pub.node_id, p))
-    if qos:
-        h.check_eq(sorted(acks), pids, "QoS %d acknowledgements of the burst" % qos)
-    pub.send(h.PINGREQ_PACKET)
-    pub.expect(h.PINGRESP, timeout=30, what="PINGRESP after the burst")
 
 
 def payloads(n, tag):
