@@ -8,7 +8,6 @@ bind(); NODE_OPTIONS are the options the files start their nodes with
 (the admin API key, a 1 s command retry interval).
 """
 import datetime
-import http.client
 import json
 import os
 import re
@@ -16,6 +15,8 @@ import threading
 import time
 import urllib.parse
 
+import api_client
+from api_client import expect  # noqa: F401  (re-exported for test_50)
 import harness as h
 import cluster_harness as ch
 
@@ -49,56 +50,12 @@ def stop_all():
 # HTTP
 
 
-class Reply:
-    def __init__(self, status, headers, raw):
-        self.status, self.headers, self.raw = status, headers, raw
-        try:
-            self.json = json.loads(raw) if raw else None
-        except ValueError:
-            self.json = None
-
-    def error(self):
-        err = self.json.get("error") if isinstance(self.json, dict) else None
-        return err if isinstance(err, dict) else {}
-
-    def __repr__(self):
-        return "Reply(%d, %r)" % (self.status, self.raw[:400])
-
-
 def call(node, method, path, body=None, key=KEY, timeout=h.WAIT):
     """One admin API request to node on a fresh connection; body: a JSON
-    value (sent encoded), or str/bytes sent as they are."""
-    conn = http.client.HTTPConnection(h.HOST, node.http_port, timeout=timeout)
-    hdrs = {"Authorization": "Bearer " + key} if key is not None else {}
-    if body is not None and not isinstance(body, (str, bytes)):
-        body = json.dumps(body)
-    if body is not None:
-        hdrs["Content-Type"] = "application/json"
-    if isinstance(body, str):
-        body = body.encode()
-    try:
-        conn.request(method, path, body=body, headers=hdrs)
-        r = conn.getresponse()
-        return Reply(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
-
-
-def expect(reply, status, code=None, what="", field=None):
-    """Checks the status; for an error code, the JSON error shape
-    {"error": {"code", "message"}} and (field) that the message names it."""
-    h.check(reply.status == status, "%s: expected %d, got %r" % (what, status, reply))
-    if code is not None:
-        h.check(reply.headers.get("Content-Type", "").startswith("application/json"),
-                "%s: error content type %r" % (what, reply.headers.get("Content-Type")))
-        err = reply.error()
-        h.check(isinstance(err.get("code"), str) and isinstance(err.get("message"), str),
-                "%s: error shape {\"error\": {\"code\", \"message\"}}: %r" % (what, reply))
-        h.check_eq(err["code"], code, "%s: error code" % what)
-        if field is not None:
-            h.check(field in err["message"], "%s: the message %r does not name %r"
-                    % (what, err["message"], field))
-    return reply.json
+    value (sent encoded), or str/bytes sent as they are, as JSON too."""
+    return api_client.request(node.http_port, method, path, body=body, key=key,
+                              content_type="application/json" if body is not None else None,
+                              timeout=timeout)
 
 
 def q(s):

@@ -7,7 +7,6 @@ bad_parameter, 401, 404, 405 with Allow, 413, slow bodies cut off). Each
 broker runs under the sanitizers and must exit 0 on SIGTERM."""
 import base64
 import http.client
-import json
 import os
 import socket
 import sys
@@ -16,6 +15,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+from api_client import expect, request  # noqa: E402
 
 KEY = "test-key-" + h.uid("k")
 HTTP_PORT = h.free_port()
@@ -29,43 +29,9 @@ T = h.Tests(http="%s:%d" % (h.HOST, HTTP_PORT), api_key=KEY, node_id=NODE,
 # HTTP helpers
 
 
-class Reply:
-    def __init__(self, status, headers, raw):
-        self.status, self.headers, self.raw = status, headers, raw
-        ctype = headers.get("Content-Type", "")
-        self.json = json.loads(raw) if raw and ctype.startswith("application/json") else None
-
-    def error_code(self):
-        return (self.json or {}).get("error", {}).get("code")
-
-    def __repr__(self):
-        return "Reply(%d, %r)" % (self.status, self.raw[:300])
-
-
 def call(method, path, body=None, key=KEY, port=None, headers=None):
     """One request on a fresh connection; body: dict (sent as JSON), str or bytes."""
-    conn = http.client.HTTPConnection(h.HOST, port or HTTP_PORT, timeout=h.WAIT)
-    hdrs = dict(headers or {})
-    if key is not None:
-        hdrs["Authorization"] = "Bearer " + key
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body)
-        hdrs.setdefault("Content-Type", "application/json")
-    if isinstance(body, str):
-        body = body.encode()
-    try:
-        conn.request(method, path, body=body, headers=hdrs)
-        r = conn.getresponse()
-        return Reply(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
-
-
-def expect(reply, status, code=None, what=""):
-    h.check(reply.status == status, "%s: expected %d, got %r" % (what, status, reply))
-    if code is not None:
-        h.check_eq(reply.error_code(), code, "%s: error code" % what)
-    return reply.json
+    return request(port or HTTP_PORT, method, path, body=body, key=key, headers=headers)
 
 
 def metrics(port=None, key=KEY):

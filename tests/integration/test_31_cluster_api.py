@@ -18,8 +18,6 @@ OTHER than the one holding the client:
 Every node started here must exit 0 on SIGTERM (sanitizer build); nodes
 killed with SIGKILL on purpose are exempt.
 """
-import http.client
-import json
 import os
 import sys
 import time
@@ -29,6 +27,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import cluster_harness as ch  # noqa: E402
+from api_client import expect, request  # noqa: E402
 
 KEY = "k"
 TTL_S = 3.0          # --node-ttl of every node here
@@ -49,45 +48,14 @@ def case(fn):
 # HTTP
 
 
-class Reply:
-    def __init__(self, status, headers, raw):
-        self.status, self.headers, self.raw = status, headers, raw
-        try:
-            self.json = json.loads(raw) if raw else None
-        except ValueError:
-            self.json = None
-
-    def error_code(self):
-        err = (self.json or {}).get("error") if isinstance(self.json, dict) else None
-        return err.get("code") if isinstance(err, dict) else None
-
-    def __repr__(self):
-        return "Reply(%d, %r)" % (self.status, self.raw[:300])
-
-
 def call(node, method, path, key=KEY):
     """One admin API request to node on a fresh connection."""
-    conn = http.client.HTTPConnection(h.HOST, node.http_port, timeout=h.WAIT)
-    hdrs = {"Authorization": "Bearer " + key} if key is not None else {}
-    try:
-        conn.request(method, path, headers=hdrs)
-        r = conn.getresponse()
-        return Reply(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
+    return request(node.http_port, method, path, key=key)
 
 
 def post(node, path, doc, key=KEY):
     """One admin API POST with a JSON body."""
-    conn = http.client.HTTPConnection(h.HOST, node.http_port, timeout=h.WAIT)
-    try:
-        conn.request("POST", path, body=json.dumps(doc),
-                     headers={"Authorization": "Bearer " + key,
-                              "Content-Type": "application/json"})
-        r = conn.getresponse()
-        return Reply(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
+    return request(node.http_port, "POST", path, body=doc, key=key)
 
 
 def metric(node, sample):
@@ -100,18 +68,6 @@ def metric(node, sample):
         if name == sample:
             return float(value)
     raise AssertionError("no sample %s in /metrics of %s" % (sample, node.node_id))
-
-
-def expect(reply, status, code=None, what=""):
-    h.check(reply.status == status, "%s: expected %d, got %r" % (what, status, reply))
-    if code is not None:
-        h.check(reply.headers.get("Content-Type", "").startswith("application/json"),
-                "%s: error content type %r" % (what, reply.headers.get("Content-Type")))
-        h.check(isinstance(reply.json, dict) and isinstance(reply.json.get("error"), dict)
-                and isinstance(reply.json["error"].get("message"), str),
-                "%s: error shape {\"error\": {\"code\", \"message\"}}: %r" % (what, reply))
-        h.check_eq(reply.error_code(), code, "%s: error code" % what)
-    return reply.json
 
 
 def client_path(cid):
