@@ -42,7 +42,8 @@
 #   --check           pass --check to the message scenarios: exit status 3
 #                     on QoS 1/2 loss, QoS 0/2 duplicates or reordering,
 #                     counted in the table as "check failed"
-#   --out DIR         where raw results, broker logs and table.md go
+#   --out DIR         where raw results, broker logs, table.md and ports.given
+#                     (every port the run handed out) go
 #                     (default build-release/bench-results/DATE)
 #   --no-build        use the binaries in build-release/ as they are
 #   --list            list the scenarios and exit
