@@ -26,6 +26,8 @@ const struct config_option settings_options[] = {
         0, "the client certificate's CN is the username; the password is not checked"),
     OPT("tls-compact-sessions", CONFIG_BOOL, "true", tls_compact_sessions, 0, 0,
         "TLS 1.3 connections keep only their record keys after the handshake"),
+    OPT("tls-session-tickets", CONFIG_INT, "0", tls_session_tickets, 0, 10,
+        "TLS 1.3 session tickets sent after a full handshake; 0: no session resumption"),
     OPT("tls-min-version", CONFIG_STRING, "1.2", tls_min_version, 0, 0,
         "oldest TLS version accepted: 1.2 or 1.3"),
     OPT("tls-ciphers", CONFIG_STRING, NULL, tls_ciphers, 0, 0,

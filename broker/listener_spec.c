@@ -162,6 +162,16 @@ p_max_connection_rate(struct listener_spec *s, const char *v)
     return parse_count(v, &s->max_connection_rate);
 }
 
+static enum rmq_status
+p_session_tickets(struct listener_spec *s, const char *v)
+{
+    unsigned n;
+    if (parse_count(v, &n) != RMQ_OK || n > LISTENER_MAX_SESSION_TICKETS)
+        return RMQ_INVALID;
+    s->tls_cfg.session_tickets = n;
+    return RMQ_OK;
+}
+
 enum param_scope { ANY, TLS_ONLY, WS_ONLY };
 
 static const struct {
@@ -179,6 +189,7 @@ static const struct {
     {"min-version", TLS_ONLY, p_min_version, "1.2 or 1.3"},
     {"ciphers", TLS_ONLY, p_ciphers, "an OpenSSL cipher list"},
     {"compact-sessions", TLS_ONLY, p_compact, "true or false"},
+    {"session-tickets", TLS_ONLY, p_session_tickets, "a count from 0 to 10"},
     {"path", WS_ONLY, p_path, "a path starting with '/'"},
     {"max-connections", ANY, p_max_connections, "a count from 0 to 10000000"},
     {"max-connection-rate", ANY, p_max_connection_rate, "a count from 0 to 10000000"},
@@ -268,6 +279,7 @@ apply_defaults(struct listener_spec *s, const struct listener_options *o)
         .require_certificate = o->tls_require_certificate,
         .use_identity_as_username = o->tls_use_identity_as_username,
         .compact_sessions = o->tls_compact_sessions,
+        .session_tickets = o->tls_session_tickets,
     };
 }
 

@@ -25,6 +25,8 @@
 /* TLS protocol versions, as OpenSSL numbers them. */
 #define LISTENER_TLS_1_2 0x0303
 #define LISTENER_TLS_1_3 0x0304
+/* Most TLS 1.3 session tickets a listener sends after one handshake. */
+#define LISTENER_MAX_SESSION_TICKETS 10u
 
 /* The global defaults (the --proxy-protocol and --tls-* options). Strings
  * are borrowed and must outlive every spec parsed with them. */
@@ -36,6 +38,8 @@ struct listener_options {
     bool tls_require_certificate;
     bool tls_use_identity_as_username;
     bool tls_compact_sessions;   /* TLS 1.3 sessions leave OpenSSL after the handshake */
+    /* TLS 1.3 tickets sent after a full handshake; 0 = no resumption at all */
+    unsigned tls_session_tickets;
     const char *tls_min_version; /* "1.2" or "1.3"; NULL = 1.2 */
     const char *tls_ciphers;     /* OpenSSL cipher list for TLS 1.2; NULL = OpenSSL's */
     unsigned max_connection_rate; /* connections accepted per second per listener, 0 = unlimited */
@@ -47,6 +51,7 @@ struct listener_tls {
     bool require_certificate;
     bool use_identity_as_username;
     bool compact_sessions; /* see tls.c */
+    unsigned session_tickets; /* 0: no resumption (see tls.c) */
     int min_version; /* LISTENER_TLS_1_2 or LISTENER_TLS_1_3 */
 };
 

@@ -40,6 +40,7 @@
     X(proxy_errors, "connections closed for a missing, malformed or late PROXY header")      \
     X(tls_handshake_errors, "TLS handshakes that failed or did not finish in time")           \
     X(tls_compact_sessions, "TLS 1.3 sessions handed to the compact record layer")            \
+    X(tls_sessions_resumed, "TLS handshakes that resumed an earlier session")                  \
     X(ws_handshake_errors, "WebSocket handshakes refused or not finished in time")          \
     X(connections_limited, "connections closed at accept: max-connections reached")           \
     X(connections_rate_limited, "connections closed at accept: max-connection-rate exceeded") \

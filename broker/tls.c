@@ -65,6 +65,7 @@ struct tls_conn {
     char *peer_cn;                /* kept once compact: verified client certificate's CN */
     int fd;
     bool established;
+    bool resumed;          /* the handshake resumed an earlier session */
     bool failed;           /* fatal error: no close_notify may follow */
     bool read_wants_write; /* handshake or SSL_read waits for POLLOUT */
     bool write_wants_read; /* SSL_write waits for POLLIN */
@@ -189,6 +190,22 @@ on_message(int write_p, int version, int content_type, const void *buf, size_t l
         t->ho->records++;
 }
 
+/* Session resumption. With tickets > 0 a TLS 1.3 client gets that many
+ * tickets after each full handshake (OpenSSL's default is 2) and TLS 1.2
+ * resumes by ticket or session id as OpenSSL does by default. With 0 no
+ * handshake is ever resumed: no TLS 1.3 ticket (each costs the server an
+ * encryption and a record, and the client bytes it may never use), no
+ * TLS 1.2 ticket and no session cache. */
+static void
+set_resumption(SSL_CTX *ctx, unsigned tickets)
+{
+    SSL_CTX_set_num_tickets(ctx, tickets);
+    if (tickets > 0)
+        return;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+}
+
 struct ssl_ctx_st *
 tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
 {
@@ -220,6 +237,7 @@ tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
     SSL_CTX_set_verify(ctx, mode, NULL);
     /* Needed for session resumption once peers are verified. */
     SSL_CTX_set_session_id_context(ctx, SESSION_ID_CONTEXT, sizeof(SESSION_ID_CONTEXT) - 1);
+    set_resumption(ctx, cfg->session_tickets);
     if (cfg->compact_sessions)
         SSL_CTX_set_keylog_callback(ctx, on_keylog);
     return ctx;
@@ -372,6 +390,7 @@ tls_conn_handshake(struct tls_conn *t, char *why, size_t whylen)
     t->read_wants_write = false;
     if (r == 1) {
         t->established = true;
+        t->resumed = SSL_session_reused(t->ssl) == 1;
         go_compact(t);
         return RMQ_OK;
     }
@@ -544,6 +563,12 @@ bool
 tls_conn_compact(const struct tls_conn *t)
 {
     return t->compact != NULL;
+}
+
+bool
+tls_conn_resumed(const struct tls_conn *t)
+{
+    return t->resumed;
 }
 
 void

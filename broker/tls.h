@@ -82,6 +82,9 @@ size_t tls_conn_heap(const struct tls_conn *t);
  * tls.c): OpenSSL's session is gone. */
 bool tls_conn_compact(const struct tls_conn *t);
 
+/* The handshake resumed an earlier session (a ticket or a session id). */
+bool tls_conn_resumed(const struct tls_conn *t);
+
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" for logs (", compact" added). */
 void tls_conn_describe(const struct tls_conn *t, char *buf, size_t size);
 

@@ -132,6 +132,8 @@ tls_handshake_step(struct conn *c)
         c->username = tls_conn_peer_cn(c->tls);
     if (tls_conn_compact(c->tls))
         b->metrics.tls_compact_sessions++;
+    if (tls_conn_resumed(c->tls))
+        b->metrics.tls_sessions_resumed++;
     if (log_enabled(LOG_LEVEL_DEBUG)) {
         char desc[128];
         tls_conn_describe(c->tls, desc, sizeof(desc));

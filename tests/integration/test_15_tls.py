@@ -13,7 +13,9 @@ header; min-version 1.3 refusing a TLS 1.2 client; garbage, plain MQTT and
 silence on a TLS port closed cleanly with the broker alive; compact TLS 1.3
 sessions (OpenSSL's session freed after the handshake) carrying large and
 small messages, resuming with their tickets, counted in
-tls_compact_sessions, a forged record closing the connection (logged,
+tls_compact_sessions; no session tickets and no resumption by default,
+resumption (TLS 1.3 and 1.2, counted in tls_sessions_resumed, keeping the
+certificate's CN as the username) where session-tickets= asks for it; a forged record closing the connection (logged,
 counted), a slow subscriber with a small window getting a whole burst
 intact, while TLS 1.2 and compact-sessions=false stay with OpenSSL and
 work the same; SIGHUP loading a
@@ -41,7 +43,8 @@ from pki_harness import Pki  # noqa: E402
 TMP = tempfile.mkdtemp(prefix="relaymq-it-tls-")
 KEY = "tls-key-" + h.uid("k")
 HTTP_PORT = h.free_port()
-ONEWAY, MUTUAL, IDENTITY, BEHIND, TLS13, OPENSSL_ONLY = (h.free_port() for _ in range(6))
+ONEWAY, MUTUAL, IDENTITY, BEHIND, TLS13, OPENSSL_ONLY, RESUME, IDENTITY_RESUME = (
+    h.free_port() for _ in range(8))
 PKI = Pki(TMP)
 path = PKI.path
 CA = PKI.ca
@@ -55,7 +58,10 @@ T = h.Tests(http="%s:%d" % (h.HOST, HTTP_PORT), api_key=KEY, connect_timeout="2s
                    % (h.HOST, IDENTITY),
                    "--listen", "tls://%s:%d?proxy-protocol=v2" % (h.HOST, BEHIND),
                    "--listen", "tls://%s:%d?min-version=1.3" % (h.HOST, TLS13),
-                   "--listen", "tls://%s:%d?compact-sessions=false" % (h.HOST, OPENSSL_ONLY)])
+                   "--listen", "tls://%s:%d?compact-sessions=false" % (h.HOST, OPENSSL_ONLY),
+                   "--listen", "tls://%s:%d?session-tickets=2" % (h.HOST, RESUME),
+                   "--listen", "tls://%s:%d?require-certificate=true&use-identity-as-username=true"
+                   "&session-tickets=1" % (h.HOST, IDENTITY_RESUME)])
 HAP = HAProxy({"tls": (BEHIND, "send-proxy-v2")})
 
 
@@ -315,9 +321,9 @@ def compact_sessions_carry_data_resume_and_step_aside(b):
     # TLS 1.3: the session leaves OpenSSL after the handshake; its
     # ticket resumes a second one, which goes compact too.
     ctx = client_ctx()
-    version, session, _ = round_trip(ONEWAY, ctx=ctx)
+    version, session, _ = round_trip(RESUME, ctx=ctx)
     h.check_eq(version, "TLSv1.3", "TLS version")
-    _, _, reused = round_trip(ONEWAY, ctx=ctx, session=session)
+    _, _, reused = round_trip(RESUME, ctx=ctx, session=session)
     h.check(reused, "the second connection resumed the first one's session")
     m.expect_increase("tls_compact_sessions", before, by=2)
     # mosquitto's clients (OpenSSL as well) over a compact session.
@@ -332,6 +338,51 @@ def compact_sessions_carry_data_resume_and_step_aside(b):
     m.expect_increase("socket_errors", errors, by=1)
     h.check("TLS error after the handshake" in b.log_text(), "the forged record is logged")
     round_trip(ONEWAY)  # and the broker goes on
+
+
+@T.case
+def resumption_only_where_session_tickets_ask_for_it(b):
+    """By default no ticket is sent and nothing resumes, in TLS 1.3 or 1.2;
+    session-tickets=N resumes both, counted in tls_sessions_resumed, and a
+    resumed session keeps the client certificate's CN as the username."""
+    h.relaymq_only("TLS listeners")
+    m = b.metrics()
+    before = m.fresh("tls_sessions_resumed")
+    tls12 = dict(max_version=ssl.TLSVersion.TLSv1_2)
+    # The default listener: a TLS 1.3 client gets no ticket, and neither a
+    # TLS 1.3 nor a TLS 1.2 session is resumed (no cache, no ticket).
+    for kw in ({}, tls12):
+        ctx = client_ctx(**kw)
+        version, session, _ = round_trip(ONEWAY, ctx=ctx)
+        if not kw:
+            h.check_eq(version, "TLSv1.3", "TLS version")
+            h.check(not session.has_ticket, "no session ticket by default")
+        _, _, reused = round_trip(ONEWAY, ctx=ctx, session=session)
+        h.check(not reused, "%s session resumed without session-tickets" % version)
+    m.expect_unchanged("tls_sessions_resumed", before)
+    # session-tickets=2: both versions resume.
+    for kw in ({}, tls12):
+        ctx = client_ctx(**kw)
+        version, session, _ = round_trip(RESUME, ctx=ctx)
+        h.check(session.has_ticket, "%s: a session ticket with session-tickets=2" % version)
+        _, _, reused = round_trip(RESUME, ctx=ctx, session=session)
+        h.check(reused, "%s session not resumed with session-tickets=2" % version)
+    m.expect_increase("tls_sessions_resumed", before, by=2)
+    # A resumed session with a client certificate: still its CN, not the
+    # CONNECT's username.
+    ctx = client_ctx("client")
+    first = TlsClient(IDENTITY_RESUME, ctx=ctx)
+    first.connect(h.uid("cn"))
+    session = first.sock.session
+    first.disconnect()
+    h.check(session.has_ticket, "a ticket on the identity listener")
+    cid = h.uid("cn")
+    c = TlsClient(IDENTITY_RESUME, ctx=ctx, session=session)
+    c.connect(cid, username="somebody-else", password="x")
+    h.check(c.sock.session_reused, "the identity listener resumed the session")
+    h.check_eq(client_json(cid)["username"], "device-42", "username after resumption")
+    c.disconnect()
+    m.expect_increase("tls_sessions_resumed", before, by=3)
 
 
 @T.case

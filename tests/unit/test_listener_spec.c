@@ -17,6 +17,7 @@ static const struct listener_options TLS_DEFAULTS = {
     .tls_key = "/etc/s.key",
     .tls_ca_file = "/etc/ca.crt",
     .tls_compact_sessions = true,
+    .tls_session_tickets = 1,
 };
 
 static void
@@ -96,10 +97,16 @@ test_tls_defaults_and_overrides(void **state)
     assert_int_equal(s.tls_cfg.min_version, LISTENER_TLS_1_2);
     assert_null(s.tls_cfg.ciphers);
     assert_true(s.tls_cfg.compact_sessions);
+    assert_int_equal(s.tls_cfg.session_tickets, 1);
     listener_spec_free(&s);
 
-    assert_parses("tls://0.0.0.0:8883?compact-sessions=false", &TLS_DEFAULTS, &s);
+    assert_parses("tls://0.0.0.0:8883?compact-sessions=false&session-tickets=0", &TLS_DEFAULTS,
+                  &s);
     assert_false(s.tls_cfg.compact_sessions);
+    assert_int_equal(s.tls_cfg.session_tickets, 0);
+    listener_spec_free(&s);
+    assert_parses("wss://0.0.0.0:8884?session-tickets=10", &TLS_DEFAULTS, &s);
+    assert_int_equal(s.tls_cfg.session_tickets, 10);
     listener_spec_free(&s);
 
     assert_parses("tls://0.0.0.0:8883?require-certificate=true&use-identity-as-username=yes"
@@ -198,6 +205,13 @@ test_refusals(void **state)
     assert_refused("tls://127.0.0.1:8883?require-certificate=maybe", &TLS_DEFAULTS,
                    "require-certificate: 'maybe' is not true or false");
     assert_refused("tls://127.0.0.1:8883?min-version=1.0", &TLS_DEFAULTS, "1.2 or 1.3");
+    assert_refused("tls://127.0.0.1:8883?session-tickets=11", &TLS_DEFAULTS,
+                   "session-tickets: '11' is not a count from 0 to 10");
+    assert_refused("tls://127.0.0.1:8883?session-tickets=-1", &TLS_DEFAULTS,
+                   "session-tickets: '-1'");
+    assert_refused("tls://127.0.0.1:8883?session-tickets=", &TLS_DEFAULTS, "session-tickets: ''");
+    assert_refused("127.0.0.1:1883?session-tickets=1", &TLS_DEFAULTS,
+                   "only for tls:// and wss:// listeners");
     assert_refused("tls://127.0.0.1:8883", &bad_version, "tls-min-version: '1.1'");
     assert_refused("tls://127.0.0.1:8883?cert=", &TLS_DEFAULTS, "cert: '' is not a file name");
     assert_refused("127.0.0.1:1883?proxy-protocol=v3", NULL, "proxy-protocol: 'v3'");
