@@ -100,7 +100,7 @@ SCENARIOS=(
     "fanout-q1|fanout --qos 1 --inflight 20|msgs_per_sec:up"
     "latency|latency --qos 0 --rate 10000|p50_us:down p99_us:down"
     "latency-q1|latency --qos 1 --rate 10000|p50_us:down p99_us:down"
-    "connect|connect --concurrency 64|conns_per_sec:up"
+    "connect|connect --concurrency 64 --threads 2|conns_per_sec:up"
     "idle|idle --keepalive 300|kib_per_conn:down"
 )
 QUICK_SCENARIOS="pairs pairs-q1 fanin fanout latency connect idle"

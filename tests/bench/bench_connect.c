@@ -6,11 +6,14 @@
  * callbacks return, because bconn callbacks may not close their own
  * connection. `connect` closes right after CONNACK (+ DISCONNECT) and reuses
  * the slot; `idle` keeps every connection, so it owns --clients slots.
- * Single-threaded; the churn struct owns every slot. */
+ * A churn is single-threaded and owns its slots; `connect --threads N` runs
+ * N churns, one per thread with its own event loop, each with its share of
+ * --clients and --concurrency, and adds up their counts and latencies. */
 #include "tests/bench/bench_connect.h"
 
 #include <errno.h>
 #include <event2/event.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,8 @@ struct slot {
 
 struct churn {
     const struct bench_opts *o;
+    uint32_t clients, concurrency; /* this churn's share of o's */
+    uint32_t seq_base;             /* its first connection number (unique client ids) */
     struct event_base *base;
     struct slot *slots;
     uint32_t nslots;
@@ -98,7 +103,7 @@ slot_start(struct churn *ch, uint32_t i)
     struct slot *s = &ch->slots[i];
     s->ch = ch;
     s->index = i;
-    s->seq = ch->started++;
+    s->seq = ch->seq_base + ch->started++;
     ch->in_progress++;
     s->t_open = bench_now_ns();
     if (bconn_open(&s->conn, ch->base, &ch->o->addr, SMALL_BUF, SMALL_BUF, &slot_ops, s) !=
@@ -128,12 +133,12 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
     struct churn *ch = arg;
     for (uint32_t k = 0; k < ch->ndone; k++)
         bconn_close(&ch->slots[ch->done[k]].conn);
-    if (ch->started >= ch->o->clients && ch->acked == ch->started) {
+    if (ch->started >= ch->clients && ch->acked == ch->started) {
         ch->t_end = bench_now_ns();
         event_base_loopbreak(ch->base);
         return;
     }
-    while (!ch->stopping && ch->started < ch->o->clients && ch->in_progress < ch->o->concurrency) {
+    while (!ch->stopping && ch->started < ch->clients && ch->in_progress < ch->concurrency) {
         uint32_t i = churn_free_slot(ch);
         if (i == UINT32_MAX)
             break;
@@ -170,16 +175,21 @@ ping_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* A churn of clients connections, concurrency at once, numbered from
+ * seq_base. */
 static struct churn *
-churn_new(const struct bench_opts *o)
+churn_new(const struct bench_opts *o, uint32_t clients, uint32_t concurrency, uint32_t seq_base)
 {
     struct churn *ch = calloc(1, sizeof(*ch));
     if (ch == NULL)
         return NULL;
     ch->o = o;
-    ch->nslots = o->scenario == BENCH_CONNECT ? o->concurrency : o->clients;
-    if (ch->nslots > o->clients)
-        ch->nslots = o->clients;
+    ch->clients = clients;
+    ch->concurrency = concurrency;
+    ch->seq_base = seq_base;
+    ch->nslots = o->scenario == BENCH_CONNECT ? concurrency : clients;
+    if (ch->nslots > clients)
+        ch->nslots = clients;
     ch->slots = calloc(ch->nslots, sizeof(*ch->slots));
     ch->done = calloc(ch->nslots, sizeof(*ch->done));
     ch->base = event_base_new();
@@ -206,6 +216,8 @@ fail:
 static void
 churn_free(struct churn *ch)
 {
+    if (ch == NULL)
+        return;
     for (uint32_t i = 0; i < ch->nslots; i++)
         bconn_close(&ch->slots[i].conn);
     event_free(ch->reap);
@@ -238,29 +250,83 @@ churn_run(struct churn *ch)
         ch->t_end = bench_now_ns();
 }
 
+static void *
+churn_thread(void *arg)
+{
+    churn_run(arg);
+    return NULL;
+}
+
+/* Runs the churns, one on this thread or one per thread; false if a thread
+ * could not start (the started ones are joined). */
+static bool
+run_churns(struct churn **chs, uint32_t n)
+{
+    if (n == 1) {
+        churn_run(chs[0]);
+        return true;
+    }
+    pthread_t tids[BENCH_MAX_THREADS];
+    uint32_t started = 0;
+    while (started < n && pthread_create(&tids[started], NULL, churn_thread, chs[started]) == 0)
+        started++;
+    for (uint32_t t = 0; t < started; t++)
+        pthread_join(tids[t], NULL);
+    return started == n;
+}
+
 int
 bench_connect_run(const struct bench_opts *o)
 {
-    struct churn *ch = churn_new(o);
-    if (ch == NULL)
-        return BENCH_EXIT_FAILURE;
+    uint32_t n = o->threads, seq = 0;
+    struct churn *chs[BENCH_MAX_THREADS] = {0};
+    struct latency_hist *hist = malloc(sizeof(*hist));
+    bool ok = hist != NULL && n >= 1 && n <= BENCH_MAX_THREADS;
+    for (uint32_t t = 0; ok && t < n; t++) {
+        uint32_t clients = o->clients / n + (t < o->clients % n);
+        uint32_t concurrency = o->concurrency / n + (t < o->concurrency % n);
+        ok = (chs[t] = churn_new(o, clients, concurrency, seq)) != NULL;
+        seq += clients;
+    }
     double cpu0 = bench_cpu_seconds();
-    churn_run(ch);
-    double secs = (double)(ch->t_end - ch->t_begin) / 1e9;
-    double rate = secs > 0 ? ch->acked / secs : 0;
+    if (ok && !run_churns(chs, n)) {
+        fprintf(stderr, "relaymq-bench: cannot start %u threads\n", (unsigned)n);
+        ok = false;
+    }
+    if (!ok) {
+        for (uint32_t t = 0; t < BENCH_MAX_THREADS; t++)
+            churn_free(chs[t]);
+        free(hist);
+        return BENCH_EXIT_FAILURE;
+    }
+    /* The window runs from the first churn's start to the last one's end. */
+    uint64_t t_begin = chs[0]->t_begin, t_end = chs[0]->t_end;
+    uint32_t acked = 0;
+    int failures = 0;
+    latency_hist_init(hist);
+    for (uint32_t t = 0; t < n; t++) {
+        t_begin = chs[t]->t_begin < t_begin ? chs[t]->t_begin : t_begin;
+        t_end = chs[t]->t_end > t_end ? chs[t]->t_end : t_end;
+        acked += chs[t]->acked;
+        failures += chs[t]->failures;
+        latency_hist_merge(hist, &chs[t]->hist);
+    }
+    double secs = (double)(t_end - t_begin) / 1e9;
+    double rate = secs > 0 ? acked / secs : 0;
     double cpu = secs > 0 ? 100.0 * (bench_cpu_seconds() - cpu0) / secs : 0;
     char pct[160];
-    bench_format_percentiles(&ch->hist, pct, sizeof(pct));
-    printf("connect concurrency=%u: %.0f connections/s (%u CONNACKs in %.2f s);%s\n",
-           (unsigned)o->concurrency, rate, (unsigned)ch->acked, secs, pct);
-    printf("RESULT scenario=connect status=%s concurrency=%u connections=%u window_s=%.2f "
-           "conns_per_sec=%.0f errors=%d%s bench_cpu_pct=%.0f\n",
-           ch->failures ? "failed" : "ok", (unsigned)o->concurrency, (unsigned)ch->acked, secs,
-           rate, ch->failures, pct, cpu);
+    bench_format_percentiles(hist, pct, sizeof(pct));
+    printf("connect concurrency=%u threads=%u: %.0f connections/s (%u CONNACKs in %.2f s);%s\n",
+           (unsigned)o->concurrency, (unsigned)n, rate, (unsigned)acked, secs, pct);
+    printf("RESULT scenario=connect status=%s concurrency=%u threads=%u connections=%u "
+           "window_s=%.2f conns_per_sec=%.0f errors=%d%s bench_cpu_pct=%.0f\n",
+           failures ? "failed" : "ok", (unsigned)o->concurrency, (unsigned)n, (unsigned)acked,
+           secs, rate, failures, pct, cpu);
     fflush(stdout);
-    int rc = ch->failures ? BENCH_EXIT_FAILURE : BENCH_EXIT_OK;
-    churn_free(ch);
-    return rc;
+    for (uint32_t t = 0; t < n; t++)
+        churn_free(chs[t]);
+    free(hist);
+    return failures ? BENCH_EXIT_FAILURE : BENCH_EXIT_OK;
 }
 
 /* Keeps the loop (and so keepalive pings) running for secs seconds. */
@@ -275,7 +341,7 @@ churn_hold(struct churn *ch, double secs)
 int
 bench_connect_idle_run(const struct bench_opts *o)
 {
-    struct churn *ch = churn_new(o);
+    struct churn *ch = churn_new(o, o->clients, o->concurrency, 0);
     if (ch == NULL)
         return BENCH_EXIT_FAILURE;
     long before = o->broker_pid > 0 ? bench_rss_kib(o->broker_pid) : -1;

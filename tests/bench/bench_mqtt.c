@@ -3,6 +3,8 @@
  * exercises the client-side encoders. */
 #include "tests/bench/bench_mqtt.h"
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,11 +98,10 @@ bench_queue_empty(struct bconn *c, enum mqtt_type type)
 enum rmq_status
 bench_check_connack(const struct mqtt_packet *p)
 {
-    static bool reported;
+    static atomic_bool reported; /* once per process, whichever thread sees it */
     if (p->type == MQTT_CONNACK && p->u.connack.return_code == MQTT_CONNACK_ACCEPTED)
         return RMQ_OK;
-    if (!reported) {
-        reported = true;
+    if (!atomic_exchange(&reported, true)) {
         if (p->type == MQTT_CONNACK)
             fprintf(stderr, "relaymq-bench: broker refused the connection (CONNACK code %u)\n",
                     (unsigned)p->u.connack.return_code);

@@ -87,6 +87,8 @@ static const struct opt_def opt_defs[] = {
      "aggregate publish rate, msgs/s; 0 = flat out (latency: 10000)"},
     {"concurrency", OPT_U32, FIELD(concurrency), 1, 1000000, "N",
      "connect/idle: handshakes at once (default 64/256)"},
+    {"threads", OPT_U32, FIELD(threads), 1, BENCH_MAX_THREADS, "N",
+     "connect: N threads share --clients and --concurrency (default 1)"},
     {"hold", OPT_SECS, FIELD(hold), 0, 10000000, "SECS",
      "idle: hold the connections this long (default 5)"},
     {"drain", OPT_SECS, FIELD(drain), 0, 10000000, "SECS",
@@ -170,6 +172,7 @@ set_defaults(struct bench_opts *o, const struct scenario_def *s)
     o->concurrency = s->id == BENCH_IDLE ? 256 : 64;
     o->hold = 5;
     o->drain = 2;
+    o->threads = 1;
 }
 
 /* Stores one option's argument as its table entry says; false on a bad
@@ -294,6 +297,15 @@ bench_opts_parse(struct bench_opts *o, int argc, char **argv)
     }
     if (o->password != NULL && o->username == NULL && o->protocol == 4) {
         fprintf(stderr, "relaymq-bench: --password needs --username in MQTT 3.1.1\n");
+        return -1;
+    }
+    if (o->threads > 1 && o->scenario != BENCH_CONNECT) {
+        fprintf(stderr, "relaymq-bench: --threads is for the connect scenario only\n");
+        return -1;
+    }
+    if (o->threads > o->concurrency || o->threads > o->clients) {
+        fprintf(stderr, "relaymq-bench: --threads %u is more than --concurrency or --clients\n",
+                (unsigned)o->threads);
         return -1;
     }
     return resolve(o) ? 0 : -1;

@@ -41,6 +41,7 @@ struct bench_opts {
     uint32_t inflight;    /* QoS 1/2 window per publisher */
     double rate;          /* aggregate msgs/s; 0 = as fast as possible */
     uint32_t concurrency; /* connect, idle: handshakes at once */
+    uint32_t threads;     /* connect: event loops sharing clients and concurrency */
     double hold;          /* idle: seconds to hold the connections */
     double drain;         /* seconds without progress before giving up the drain */
     int broker_pid;       /* idle: read VmRSS of this process; 0 = none */
@@ -48,6 +49,9 @@ struct bench_opts {
     bool tls;             /* connect over TLS (no certificate check) */
     bool verbose;         /* progress every second on stderr */
 };
+
+/* Most --threads. */
+#define BENCH_MAX_THREADS 64
 
 /* Publisher id (4) + sequence number (8) + send time (8). */
 #define BENCH_PAYLOAD_MIN 20

@@ -1,8 +1,11 @@
 """Interoperability with real clients: mosquitto_pub/sub and paho at MQTT 3.1
 and 3.1.1 and every QoS, crossed; 100 KB payloads intact; 1000 messages in
-order with no loss or duplicates at QoS 1 and 2."""
+order with no loss or duplicates at QoS 1 and 2; our load generator's
+`connect --threads` (every connection accepted once, no client id shared
+between its threads)."""
 import os
 import random
+import subprocess
 import sys
 
 sys.dont_write_bytecode = True
@@ -137,6 +140,31 @@ def four_hundred_concurrent_clients_get_a_fan_out(b):
                 c.disconnect()
             else:
                 c.close()
+
+
+@T.case
+def load_generator_threads_share_connect_without_sharing_client_ids(b):
+    """relaymq-bench connect --threads 3: 301 handshakes split over three
+    event loops; each CONNACK counted once, and no client id used twice
+    (the broker would count a takeover)."""
+    bench = os.environ.get("RELAYMQ_BENCH")
+    h.check(bench and os.access(bench, os.X_OK), "RELAYMQ_BENCH names the load generator")
+    m = b.metrics()
+    accepted, takeovers = m.fresh("connections_accepted"), m.fresh("takeovers")
+    r = subprocess.run([bench, "connect", "--port", str(b.port), "--clients", "301",
+                        "--concurrency", "12", "--threads", "3", "--keepalive", "0"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    out = r.stdout.decode("utf-8", "replace")
+    h.check_eq(r.returncode, 0, "relaymq-bench exit status (%s)" % out)
+    result = dict(kv.split("=", 1) for kv in out.split("RESULT ", 1)[1].split() if "=" in kv)
+    h.check_eq((result["status"], result["threads"], result["connections"], result["errors"]),
+               ("ok", "3", "301", "0"), "RESULT line")
+    m.expect_increase("connections_accepted", accepted, by=301)
+    m.expect_unchanged("takeovers", takeovers)
+    r = subprocess.run([bench, "idle", "--port", str(b.port), "--threads", "2"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    h.check_eq(r.returncode, 2, "--threads with idle is a usage error")
+    h.check("connect scenario only" in r.stdout.decode(), "the usage error says why")
 
 
 if __name__ == "__main__":
