@@ -9,8 +9,9 @@
  * followed by an optional query that overrides the global options for this
  * listener only: `tls://0.0.0.0:8883?require-certificate=true&proxy-protocol=v2`.
  * Keys: proxy-protocol (any listener); cert, key, ca-file, require-certificate,
- * use-identity-as-username, min-version, ciphers, compact-sessions (tls:// and wss://); path
- * (ws:// and wss://); max-connections, max-connection-rate (any listener).
+ * use-identity-as-username, min-version, ciphers, compact-sessions,
+ * session-tickets (tls:// and wss://); path (ws:// and wss://);
+ * max-connections, max-connection-rate (any listener).
  * Values are taken literally (no percent-decoding).
  *
  * Pure: parsing only, no files opened (tls.c loads them). Any thread. */

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@ struct churn {
     const struct bench_opts *o;
     uint32_t clients, concurrency; /* this churn's share of o's */
     uint32_t seq_base;             /* its first connection number (unique client ids) */
+    atomic_bool *abort_all;        /* set on a failure: every churn of the run stops */
     struct event_base *base;
     struct slot *slots;
     uint32_t nslots;
@@ -60,6 +62,8 @@ churn_fail(struct churn *ch, const char *what, int err)
         fprintf(stderr, "relaymq-bench: connection failed: %s%s%s\n", what, err ? ": " : "",
                 err ? strerror(err) : "");
     ch->stopping = true;
+    if (ch->abort_all != NULL)
+        atomic_store(ch->abort_all, true);
     event_base_loopbreak(ch->base);
 }
 
@@ -151,6 +155,12 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct churn *ch = arg;
     uint64_t now = bench_now_ns();
+    if (ch->abort_all != NULL && atomic_load(ch->abort_all)) {
+        ch->stopping = true; /* another churn failed: the run is over */
+        ch->t_end = now;
+        event_base_loopbreak(ch->base);
+        return;
+    }
     if (ch->acked != ch->progress_mark) {
         ch->progress_mark = ch->acked;
         ch->t_progress = now;
@@ -205,6 +215,12 @@ churn_new(const struct bench_opts *o, uint32_t clients, uint32_t concurrency, ui
     latency_hist_init(&ch->hist);
     return ch;
 fail:
+    if (ch->reap != NULL)
+        event_free(ch->reap);
+    if (ch->tick != NULL)
+        event_free(ch->tick);
+    if (ch->ping != NULL)
+        event_free(ch->ping);
     free(ch->slots);
     free(ch->done);
     if (ch->base != NULL)
@@ -258,9 +274,9 @@ churn_thread(void *arg)
 }
 
 /* Runs the churns, one on this thread or one per thread; false if a thread
- * could not start (the started ones are joined). */
+ * could not start (the started ones are then stopped and joined). */
 static bool
-run_churns(struct churn **chs, uint32_t n)
+run_churns(struct churn **chs, uint32_t n, atomic_bool *abort_all)
 {
     if (n == 1) {
         churn_run(chs[0]);
@@ -270,6 +286,8 @@ run_churns(struct churn **chs, uint32_t n)
     uint32_t started = 0;
     while (started < n && pthread_create(&tids[started], NULL, churn_thread, chs[started]) == 0)
         started++;
+    if (started < n)
+        atomic_store(abort_all, true);
     for (uint32_t t = 0; t < started; t++)
         pthread_join(tids[t], NULL);
     return started == n;
@@ -280,16 +298,22 @@ bench_connect_run(const struct bench_opts *o)
 {
     uint32_t n = o->threads, seq = 0;
     struct churn *chs[BENCH_MAX_THREADS] = {0};
+    atomic_bool abort_all = false;
     struct latency_hist *hist = malloc(sizeof(*hist));
     bool ok = hist != NULL && n >= 1 && n <= BENCH_MAX_THREADS;
     for (uint32_t t = 0; ok && t < n; t++) {
         uint32_t clients = o->clients / n + (t < o->clients % n);
         uint32_t concurrency = o->concurrency / n + (t < o->concurrency % n);
         ok = (chs[t] = churn_new(o, clients, concurrency, seq)) != NULL;
+        if (ok)
+            chs[t]->abort_all = &abort_all;
         seq += clients;
     }
+    if (!ok)
+        fprintf(stderr, "relaymq-bench: out of memory setting up %u connections\n",
+                (unsigned)o->concurrency);
     double cpu0 = bench_cpu_seconds();
-    if (ok && !run_churns(chs, n)) {
+    if (ok && !run_churns(chs, n, &abort_all)) {
         fprintf(stderr, "relaymq-bench: cannot start %u threads\n", (unsigned)n);
         ok = false;
     }

@@ -7,7 +7,8 @@
 
 /* `connect`: o->clients CONNECT -> CONNACK -> DISCONNECT cycles with
  * o->concurrency in progress at once, stopping early after o->duration
- * seconds. Prints the result lines; returns an exit status. */
+ * seconds; o->threads event loops on as many threads share both counts.
+ * Prints the result lines; returns an exit status. */
 int bench_connect_run(const struct bench_opts *o);
 
 /* `idle`: opens o->clients connections (o->concurrency handshakes at once),

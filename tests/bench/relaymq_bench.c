@@ -1,6 +1,7 @@
 /* relaymq-bench: MQTT 3.1/3.1.1 load generator for RelayMQ and other
  * brokers. Parses the command line, raises the open-file limit, ignores
- * SIGPIPE and runs one scenario on a single libevent loop; the scenarios
+ * SIGPIPE and runs one scenario on one libevent loop (`connect --threads N`:
+ * one per thread); the scenarios
  * live in bench_flow.c (pairs, fanin, fanout, latency) and bench_connect.c
  * (connect, idle). Run `relaymq-bench --help` for the options. */
 #include <signal.h>

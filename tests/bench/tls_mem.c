@@ -14,7 +14,7 @@
  * Built as BUILD/relaymq-tls-mem (a measuring tool, run by hand):
  *
  *   BUILD/relaymq-tls-mem --cert tls.crt --key tls.key [--n 200] [--tls12] [--no-compact]
- *       [--ca ca.crt --client-cert c.crt --client-key c.key [--require-cert]
+ *       [--session-tickets N] [--client-no-ticket] [--ca ca.crt --client-cert c.crt --client-key c.key [--require-cert]
  *        [--cn-as-username]]
  *
  * Single-threaded; leaks nothing it does not report. */
@@ -149,8 +149,9 @@ struct pair {
 
 struct opts {
     const char *cert, *key, *ca, *client_cert, *client_key, *suites;
-    bool tls12, require_cert, cn_as_username, cache_off, no_ticket, no_compact;
-    int n, num_tickets; /* num_tickets: -1 leaves OpenSSL's default (2) */
+    bool tls12, require_cert, cn_as_username, no_ticket, no_compact;
+    int n;
+    unsigned session_tickets; /* the broker's --tls-session-tickets (default 0) */
 };
 
 static int
@@ -287,7 +288,7 @@ report(const struct opts *o, SSL_CTX *srv_ctx, size_t own)
 static bool
 parse(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){.n = 200, .num_tickets = -1};
+    *o = (struct opts){.n = 200};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--tls12"))
@@ -298,12 +299,10 @@ parse(int argc, char **argv, struct opts *o)
             o->cn_as_username = true;
         else if (!strcmp(a, "--no-compact"))
             o->no_compact = true;
-        else if (!strcmp(a, "--cache-off"))
-            o->cache_off = true;
         else if (!strcmp(a, "--client-no-ticket"))
             o->no_ticket = true;
-        else if (!strcmp(a, "--num-tickets") && v)
-            o->num_tickets = atoi(argv[++i]);
+        else if (!strcmp(a, "--session-tickets") && v)
+            o->session_tickets = (unsigned)atoi(argv[++i]);
         else if (!v)
             return false;
         else if (!strcmp(a, "--cert"))
@@ -333,8 +332,9 @@ main(int argc, char **argv)
     if (!CRYPTO_set_mem_functions(m_malloc, m_realloc, m_free))
         return die("CRYPTO_set_mem_functions failed");
     if (!parse(argc, argv, &o)) {
-        fprintf(stderr, "usage: tls-mem --cert C --key K [--n N] [--tls12] [--no-compact] [--ca CA "
-                        "--client-cert C --client-key K --require-cert --cn-as-username]\n");
+        fprintf(stderr, "usage: tls-mem --cert C --key K [--n N] [--tls12] [--no-compact] "
+                        "[--session-tickets N] [--client-no-ticket] [--ca CA --client-cert C "
+                        "--client-key K --require-cert --cn-as-username]\n");
         return 2;
     }
     struct listener_tls cfg = {.cert = o.cert,
@@ -343,16 +343,12 @@ main(int argc, char **argv)
                                .require_certificate = o.require_cert,
                                .use_identity_as_username = o.cn_as_username,
                                .compact_sessions = !o.no_compact,
+                               .session_tickets = o.session_tickets,
                                .min_version = LISTENER_TLS_1_2};
     char err[512];
     SSL_CTX *sctx = tls_context_new(&cfg, err, sizeof(err));
     if (!sctx)
         return die(err);
-    /* Experiments on top of the broker's settings. */
-    if (o.cache_off)
-        SSL_CTX_set_session_cache_mode(sctx, SSL_SESS_CACHE_OFF);
-    if (o.num_tickets >= 0)
-        SSL_CTX_set_num_tickets(sctx, (size_t)o.num_tickets);
     SSL_CTX *cctx = client_ctx(&o);
     struct pair *p = calloc((size_t)o.n, sizeof(*p));
     if (!cctx || !p)

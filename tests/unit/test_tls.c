@@ -28,6 +28,8 @@
 #include "broker/tls_record.h"
 
 static char cert_path[512], key_path[512], dir_path[480];
+/* TLS 1.3 session tickets the server of the next pair_open sends. */
+static unsigned pair_tickets;
 
 /* A throw-away self-signed P-256 certificate in a temporary directory. */
 static int
@@ -100,7 +102,8 @@ pair_open(struct pair *p, const char *suite, int max_version, bool compact)
     struct listener_tls cfg = {.cert = cert_path,
                                .key = key_path,
                                .min_version = LISTENER_TLS_1_2,
-                               .compact_sessions = compact};
+                               .compact_sessions = compact,
+                               .session_tickets = pair_tickets};
     char err[256];
     p->sctx = tls_context_new(&cfg, err, sizeof(err));
     assert_non_null(p->sctx);
@@ -273,6 +276,28 @@ test_chacha20(void **state)
 {
     (void)state;
     exchange("TLS_CHACHA20_POLY1305_SHA256");
+}
+
+/* Tickets are records the server sends under its traffic key before the
+ * hand-over: the compact session's first sequence number counts them, or
+ * the client could not open a single record after them. */
+static void
+test_compact_after_session_tickets(void **state)
+{
+    (void)state;
+    pair_tickets = 2;
+    struct pair p;
+    pair_open(&p, "TLS_AES_256_GCM_SHA384", TLS1_3_VERSION, true);
+    pair_tickets = 0;
+    assert_true(is_compact(&p));
+    server_to_client(&p, 50); /* the client reads the two tickets first */
+    SSL_SESSION *s = SSL_get1_session(p.client);
+    assert_non_null(s);
+    assert_int_equal(SSL_SESSION_has_ticket(s), 1);
+    SSL_SESSION_free(s);
+    client_to_server(&p, 1000, 1000, 4096);
+    server_to_client(&p, 100000);
+    pair_close(&p);
 }
 
 /* TLS 1.2, and TLS 1.3 with compact sessions off: OpenSSL keeps the
@@ -562,6 +587,7 @@ main(void)
         cmocka_unit_test(test_aes_256_gcm),
         cmocka_unit_test(test_aes_128_gcm),
         cmocka_unit_test(test_chacha20),
+        cmocka_unit_test(test_compact_after_session_tickets),
         cmocka_unit_test(test_stays_with_openssl),
         cmocka_unit_test(test_key_update),
         cmocka_unit_test(test_close_notify),
