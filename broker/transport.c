@@ -137,7 +137,8 @@ tls_handshake_step(struct conn *c)
     if (log_enabled(LOG_LEVEL_DEBUG)) {
         char desc[128];
         tls_conn_describe(c->tls, desc, sizeof(desc));
-        log_debug("%s: TLS established (%s)%s%s", c->peer, desc,
+        log_debug("%s: TLS established (%s%s)%s%s", c->peer, desc,
+                  tls_conn_resumed(c->tls) ? ", resumed" : "",
                   c->username ? ", certificate CN " : "", c->username ? c->username : "");
     }
     c->state = c->ws ? CONN_WS_HANDSHAKE : CONN_AWAIT_CONNECT;

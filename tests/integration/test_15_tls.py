@@ -368,6 +368,7 @@ def resumption_only_where_session_tickets_ask_for_it(b):
         _, _, reused = round_trip(RESUME, ctx=ctx, session=session)
         h.check(reused, "%s session not resumed with session-tickets=2" % version)
     m.expect_increase("tls_sessions_resumed", before, by=2)
+    h.check(", resumed)" in b.log_text(), "a resumed handshake is logged as one")
     # A resumed session with a client certificate (TLS 1.3 and 1.2): still
     # its CN, not the CONNECT's username.
     for kw in ({}, tls12):
