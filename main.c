@@ -79,6 +79,7 @@ listener_options_from(const struct settings *s)
         .tls_use_identity_as_username = s->tls_use_identity_as_username,
         .tls_compact_sessions = s->tls_compact_sessions,
         .tls_session_tickets = (unsigned)s->tls_session_tickets,
+        .tls_ticket_key_file = s->tls_ticket_key_file,
         .tls_min_version = s->tls_min_version,
         .tls_ciphers = s->tls_ciphers,
         .max_connection_rate = (unsigned)s->max_connection_rate,

@@ -28,6 +28,9 @@ const struct config_option settings_options[] = {
         "TLS 1.3 connections keep only their record keys after the handshake"),
     OPT("tls-session-tickets", CONFIG_INT, "0", tls_session_tickets, 0, 10,
         "TLS 1.3 session tickets sent after a full handshake; 0: no session resumption"),
+    OPT("tls-ticket-key-file", CONFIG_STRING, NULL, tls_ticket_key_file, 0, 0,
+        "80 random bytes that seal session tickets, shared by the nodes so that a "
+        "ticket resumes on any of them; unset: a random key per listener"),
     OPT("tls-min-version", CONFIG_STRING, "1.2", tls_min_version, 0, 0,
         "oldest TLS version accepted: 1.2 or 1.3"),
     OPT("tls-ciphers", CONFIG_STRING, NULL, tls_ciphers, 0, 0,

@@ -74,6 +74,7 @@ struct settings {
     bool tls_use_identity_as_username;
     bool tls_compact_sessions;
     int64_t tls_session_tickets;
+    char *tls_ticket_key_file;
     char *tls_min_version;
     char *tls_ciphers;
 

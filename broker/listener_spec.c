@@ -280,6 +280,8 @@ apply_defaults(struct listener_spec *s, const struct listener_options *o)
         .use_identity_as_username = o->tls_use_identity_as_username,
         .compact_sessions = o->tls_compact_sessions,
         .session_tickets = o->tls_session_tickets,
+        .ticket_key_file =
+            o->tls_ticket_key_file && *o->tls_ticket_key_file ? o->tls_ticket_key_file : NULL,
     };
 }
 

@@ -41,6 +41,7 @@ struct listener_options {
     bool tls_compact_sessions;   /* TLS 1.3 sessions leave OpenSSL after the handshake */
     /* TLS 1.3 tickets sent after a full handshake; 0 = no resumption at all */
     unsigned tls_session_tickets;
+    const char *tls_ticket_key_file; /* 80 bytes sealing tickets; NULL = random per listener */
     const char *tls_min_version; /* "1.2" or "1.3"; NULL = 1.2 */
     const char *tls_ciphers;     /* OpenSSL cipher list for TLS 1.2; NULL = OpenSSL's */
     unsigned max_connection_rate; /* connections accepted per second per listener, 0 = unlimited */
@@ -53,6 +54,7 @@ struct listener_tls {
     bool use_identity_as_username;
     bool compact_sessions; /* see tls.c */
     unsigned session_tickets; /* 0: no resumption (see tls.c) */
+    const char *ticket_key_file; /* NULL: a random ticket key */
     int min_version; /* LISTENER_TLS_1_2 or LISTENER_TLS_1_3 */
 };
 

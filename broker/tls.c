@@ -206,6 +206,38 @@ set_resumption(SSL_CTX *ctx, unsigned tickets)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
+/* The key that seals and opens tickets, from a file of exactly
+ * TICKET_KEY_BYTES (OpenSSL's layout: a 16-byte name, a 32-byte HMAC key,
+ * a 32-byte AES key). Nodes given the same file accept each other's
+ * tickets; without one OpenSSL makes a random key per context. */
+#define TICKET_KEY_BYTES 80
+
+static bool
+load_ticket_key(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+{
+    unsigned char key[TICKET_KEY_BYTES + 1];
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open ticket key file %s: %s", path, strerror(errno));
+        return false;
+    }
+    size_t n = fread(key, 1, sizeof(key), f);
+    fclose(f);
+    bool ok = n == TICKET_KEY_BYTES;
+    if (!ok)
+        snprintf(err, errlen,
+                 "ticket key file %s must hold exactly %d bytes (head -c %d /dev/urandom), "
+                 "not %s%zu",
+                 path, TICKET_KEY_BYTES, TICKET_KEY_BYTES, n > TICKET_KEY_BYTES ? "more than " : "",
+                 n > TICKET_KEY_BYTES ? (size_t)TICKET_KEY_BYTES : n);
+    else if (SSL_CTX_set_tlsext_ticket_keys(ctx, key, TICKET_KEY_BYTES) != 1) {
+        ctx_err(err, errlen, "cannot use ticket key file", path);
+        ok = false;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    return ok;
+}
+
 struct ssl_ctx_st *
 tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
 {
@@ -238,6 +270,9 @@ tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
     /* Needed for session resumption once peers are verified. */
     SSL_CTX_set_session_id_context(ctx, SESSION_ID_CONTEXT, sizeof(SESSION_ID_CONTEXT) - 1);
     set_resumption(ctx, cfg->session_tickets);
+    if (cfg->session_tickets > 0 && cfg->ticket_key_file &&
+        !load_ticket_key(ctx, cfg->ticket_key_file, err, errlen))
+        goto fail;
     if (cfg->compact_sessions)
         SSL_CTX_set_keylog_callback(ctx, on_keylog);
     return ctx;

@@ -15,7 +15,9 @@ sessions (OpenSSL's session freed after the handshake) carrying large and
 small messages, resuming with their tickets, counted in
 tls_compact_sessions; no session tickets and no resumption by default,
 resumption (TLS 1.3 and 1.2, counted in tls_sessions_resumed, keeping the
-certificate's CN as the username) where session-tickets= asks for it; a forged record closing the connection (logged,
+certificate's CN as the username) where session-tickets= asks for it,
+across nodes given one --tls-ticket-key-file (and not across others; a
+key file of the wrong size stops start-up); a forged record closing the connection (logged,
 counted), a slow subscriber with a small window getting a whole burst
 intact, while TLS 1.2 and compact-sessions=false stay with OpenSSL and
 work the same; SIGHUP loading a
@@ -389,6 +391,56 @@ def resumption_only_where_session_tickets_ask_for_it(b):
     m.expect_increase("tls_sessions_resumed", before, by=4)
     if h.RELAYMQ:
         h.check_eq(m.fresh("tls_sessions_resumed"), before + 4, "resumptions counted once")
+
+
+def tls_node(key_file, tls_port):
+    """A broker with one TLS listener sending a session ticket, sealed with
+    key_file (None: its own random key)."""
+    opts = dict(tls_cert=path("server.crt"), tls_key=path("server.key"), tls_session_tickets=1,
+                http="%s:%d" % (h.HOST, h.free_port()))
+    if key_file:
+        opts["tls_ticket_key_file"] = key_file
+    return h.Broker(extra=["--listen", "tls://%s:%d" % (h.HOST, tls_port)], **opts)
+
+
+@T.case
+def a_shared_ticket_key_resumes_on_another_node(b):
+    """Nodes given the same --tls-ticket-key-file resume each other's
+    sessions (TLS 1.3 and 1.2); a node with its own key makes a full
+    handshake instead, and the client still gets in."""
+    h.relaymq_only("TLS ticket keys")
+    shared, other = path("tickets.key"), path("other-tickets.key")
+    for name in (shared, other):
+        with open(name, "wb") as f:
+            f.write(os.urandom(80))
+    ports = [h.free_port() for _ in range(3)]
+    with tls_node(shared, ports[0]), tls_node(shared, ports[1]), tls_node(other, ports[2]):
+        for kw in ({}, dict(max_version=ssl.TLSVersion.TLSv1_2)):
+            ctx = client_ctx(**kw)
+            first = TlsClient(ports[0], ctx=ctx)
+            first.connect(h.uid("tk"))
+            session, version = first.sock.session, first.sock.version()
+            first.disconnect()
+            h.check(session.has_ticket, "%s: a ticket from the first node" % version)
+            for port, want in ((ports[1], True), (ports[2], False)):
+                c = TlsClient(port, ctx=ctx, session=session)
+                c.connect(h.uid("tk"))
+                h.check_eq(c.sock.session_reused, want,
+                           "%s: resumed on the node with %s key" % (
+                               version, "the same" if want else "another"))
+                c.disconnect()
+    # A key file that is not 80 bytes stops start-up with a clear message.
+    short = path("short-tickets.key")
+    with open(short, "wb") as f:
+        f.write(os.urandom(79))
+    r = subprocess.run([h.relaymq_bin(), "--listen", "tls://%s:%d" % (h.HOST, h.free_port()),
+                        "--tls-cert", path("server.crt"), "--tls-key", path("server.key"),
+                        "--tls-session-tickets", "1", "--tls-ticket-key-file", short,
+                        "--http", "", "--allow-anonymous", "true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    out = r.stdout.decode("utf-8", "replace")
+    h.check_eq(r.returncode, 1, "exit status with a 79-byte ticket key (%s)" % out[-300:])
+    h.check("must hold exactly 80 bytes" in out, "the message names the size: %s" % out[-300:])
 
 
 @T.case

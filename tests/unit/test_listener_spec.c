@@ -18,6 +18,7 @@ static const struct listener_options TLS_DEFAULTS = {
     .tls_ca_file = "/etc/ca.crt",
     .tls_compact_sessions = true,
     .tls_session_tickets = 1,
+    .tls_ticket_key_file = "/etc/tickets.key",
 };
 
 static void
@@ -98,6 +99,12 @@ test_tls_defaults_and_overrides(void **state)
     assert_null(s.tls_cfg.ciphers);
     assert_true(s.tls_cfg.compact_sessions);
     assert_int_equal(s.tls_cfg.session_tickets, 1);
+    assert_string_equal(s.tls_cfg.ticket_key_file, "/etc/tickets.key");
+    listener_spec_free(&s);
+    struct listener_options no_key = TLS_DEFAULTS;
+    no_key.tls_ticket_key_file = "";
+    assert_parses("tls://0.0.0.0:8883", &no_key, &s);
+    assert_null(s.tls_cfg.ticket_key_file);
     listener_spec_free(&s);
 
     assert_parses("tls://0.0.0.0:8883?compact-sessions=false&session-tickets=0", &TLS_DEFAULTS,
