@@ -311,9 +311,11 @@ broker_reload_tls(struct broker *b)
         if (!l->spec.tls || !l->tls_ctx)
             continue;
         if (listener_load_tls(l)) {
-            log_info("listener %s: certificate, key and CA files reloaded", l->address);
+            log_info("listener %s: certificate, key, CA and ticket key files reloaded",
+                     l->address);
         } else {
-            log_warn("listener %s: keeps its previous certificate, key and CA", l->address);
+            log_warn("listener %s: keeps its previous certificate, key, CA and ticket key",
+                     l->address);
             failed++;
         }
     }

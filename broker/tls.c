@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <stdarg.h>
@@ -73,7 +74,6 @@ struct tls_conn {
     int deferred_errno;
 };
 
-static const unsigned char SESSION_ID_CONTEXT[] = "relaymq";
 
 /* The oldest queued OpenSSL error as text, the queue then cleared. */
 static void
@@ -206,6 +206,47 @@ set_resumption(SSL_CTX *ctx, unsigned tickets)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
+/* The session id context: a session (ticket or cache entry) resumes only
+ * where it is the same. It is a SHA-256 over what decides which client
+ * certificates a listener admits (required or not, CN as username, the CA
+ * file's bytes), so that with a ticket key shared between listeners and
+ * nodes a session made where no certificate (or another CA) was asked for
+ * never resumes where one is required, and a changed CA file (SIGHUP)
+ * retires the sessions verified under the old one. */
+static bool
+set_session_context(SSL_CTX *ctx, const struct listener_tls *cfg, char *err, size_t errlen)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char sid[32], flags[3] = {'r', cfg->require_certificate, cfg->use_identity_as_username};
+    unsigned len = 0;
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(md, flags, sizeof(flags)) == 1;
+    FILE *f = ok && cfg->ca_file ? fopen(cfg->ca_file, "rb") : NULL;
+    if (ok && cfg->ca_file && !f) {
+        snprintf(err, errlen, "cannot read CA file %s: %s", cfg->ca_file, strerror(errno));
+        EVP_MD_CTX_free(md);
+        return false;
+    }
+    unsigned char buf[4096];
+    size_t n;
+    while (ok && f && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+        ok = EVP_DigestUpdate(md, buf, n) == 1;
+    if (f && ferror(f)) {
+        snprintf(err, errlen, "cannot read CA file %s", cfg->ca_file);
+        fclose(f);
+        EVP_MD_CTX_free(md);
+        return false;
+    }
+    if (f)
+        fclose(f);
+    ok = ok && EVP_DigestFinal_ex(md, sid, &len) == 1 && len == sizeof(sid) &&
+         SSL_CTX_set_session_id_context(ctx, sid, len) == 1;
+    EVP_MD_CTX_free(md);
+    if (!ok)
+        ctx_err(err, errlen, "cannot set the session id context", NULL);
+    return ok;
+}
+
 /* The key that seals and opens tickets, from a file of exactly
  * TICKET_KEY_BYTES (OpenSSL's layout: a 16-byte name, a 32-byte HMAC key,
  * a 32-byte AES key). Nodes given the same file accept each other's
@@ -221,10 +262,14 @@ load_ticket_key(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "cannot open ticket key file %s: %s", path, strerror(errno));
         return false;
     }
+    setvbuf(f, NULL, _IONBF, 0); /* no stdio buffer left holding the key */
     size_t n = fread(key, 1, sizeof(key), f);
+    int read_errno = ferror(f) ? errno : 0;
     fclose(f);
-    bool ok = n == TICKET_KEY_BYTES;
-    if (!ok)
+    bool ok = n == TICKET_KEY_BYTES && !read_errno;
+    if (read_errno)
+        snprintf(err, errlen, "cannot read ticket key file %s: %s", path, strerror(read_errno));
+    else if (!ok)
         snprintf(err, errlen,
                  "ticket key file %s must hold exactly %d bytes (head -c %d /dev/urandom), "
                  "not %s%zu",
@@ -268,10 +313,11 @@ tls_context_new(const struct listener_tls *cfg, char *err, size_t errlen)
         mode = SSL_VERIFY_PEER;
     SSL_CTX_set_verify(ctx, mode, NULL);
     /* Needed for session resumption once peers are verified. */
-    SSL_CTX_set_session_id_context(ctx, SESSION_ID_CONTEXT, sizeof(SESSION_ID_CONTEXT) - 1);
+    if (!set_session_context(ctx, cfg, err, errlen))
+        goto fail;
     set_resumption(ctx, cfg->session_tickets);
-    if (cfg->session_tickets > 0 && cfg->ticket_key_file &&
-        !load_ticket_key(ctx, cfg->ticket_key_file, err, errlen))
+    /* Read even where tickets are off: a bad file is an error either way. */
+    if (cfg->ticket_key_file && !load_ticket_key(ctx, cfg->ticket_key_file, err, errlen))
         goto fail;
     if (cfg->compact_sessions)
         SSL_CTX_set_keylog_callback(ctx, on_keylog);

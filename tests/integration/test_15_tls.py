@@ -393,28 +393,35 @@ def resumption_only_where_session_tickets_ask_for_it(b):
         h.check_eq(m.fresh("tls_sessions_resumed"), before + 4, "resumptions counted once")
 
 
-def tls_node(key_file, tls_port):
-    """A broker with one TLS listener sending a session ticket, sealed with
-    key_file (None: its own random key)."""
-    opts = dict(tls_cert=path("server.crt"), tls_key=path("server.key"), tls_session_tickets=1,
-                http="%s:%d" % (h.HOST, h.free_port()))
+def tls_node(key_file, tls_port, mutual_port=None):
+    """A broker with a TLS listener sending a session ticket, sealed with
+    key_file (None: its own random key), and optionally a second one that
+    requires a client certificate."""
+    opts = dict(tls_cert=path("server.crt"), tls_key=path("server.key"), tls_ca_file=CA,
+                tls_session_tickets=1, http="%s:%d" % (h.HOST, h.free_port()))
     if key_file:
         opts["tls_ticket_key_file"] = key_file
-    return h.Broker(extra=["--listen", "tls://%s:%d" % (h.HOST, tls_port)], **opts)
+    extra = ["--listen", "tls://%s:%d" % (h.HOST, tls_port)]
+    if mutual_port:
+        extra += ["--listen", "tls://%s:%d?require-certificate=true" % (h.HOST, mutual_port)]
+    return h.Broker(extra=extra, **opts)
 
 
 @T.case
 def a_shared_ticket_key_resumes_on_another_node(b):
     """Nodes given the same --tls-ticket-key-file resume each other's
     sessions (TLS 1.3 and 1.2); a node with its own key makes a full
-    handshake instead, and the client still gets in."""
+    handshake instead, and the client still gets in. A session made
+    without a client certificate does not resume on a listener that
+    requires one, though it shares the key: the client is refused."""
     h.relaymq_only("TLS ticket keys")
     shared, other = path("tickets.key"), path("other-tickets.key")
     for name in (shared, other):
         with open(name, "wb") as f:
             f.write(os.urandom(80))
-    ports = [h.free_port() for _ in range(3)]
-    with tls_node(shared, ports[0]), tls_node(shared, ports[1]), tls_node(other, ports[2]):
+    ports = [h.free_port() for _ in range(4)]
+    with tls_node(shared, ports[0]), tls_node(shared, ports[1], mutual_port=ports[3]), \
+            tls_node(other, ports[2]):
         for kw in ({}, dict(max_version=ssl.TLSVersion.TLSv1_2)):
             ctx = client_ctx(**kw)
             first = TlsClient(ports[0], ctx=ctx)
@@ -429,6 +436,17 @@ def a_shared_ticket_key_resumes_on_another_node(b):
                            "%s: resumed on the node with %s key" % (
                                version, "the same" if want else "another"))
                 c.disconnect()
+            resumed = False
+            try:  # refused: no certificate, and the session does not resume here
+                c = TlsClient(ports[3], ctx=ctx, session=session)
+                resumed = c.sock.session_reused
+                c.send(h.connect_packet(h.uid("tk")))
+                c.wait_closed()
+                c.close()
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                pass
+            h.check(not resumed, "%s: a session without a certificate resumed on a listener "
+                    "that requires one" % version)
     # A key file that is not 80 bytes stops start-up with a clear message.
     short = path("short-tickets.key")
     with open(short, "wb") as f:
@@ -437,7 +455,8 @@ def a_shared_ticket_key_resumes_on_another_node(b):
                         "--tls-cert", path("server.crt"), "--tls-key", path("server.key"),
                         "--tls-session-tickets", "1", "--tls-ticket-key-file", short,
                         "--http", "", "--allow-anonymous", "true"],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=15,
+                       env=h.broker_env())
     out = r.stdout.decode("utf-8", "replace")
     h.check_eq(r.returncode, 1, "exit status with a 79-byte ticket key (%s)" % out[-300:])
     h.check("must hold exactly 80 bytes" in out, "the message names the size: %s" % out[-300:])
@@ -534,7 +553,7 @@ def sighup_reloads_certificate_for_new_connections(b):
         shutil.copy(path("server2.crt"), crt)
         shutil.copy(path("server2.key"), key)
         os.kill(nb.proc.pid, signal.SIGHUP)
-        h.wait_until(lambda: "certificate, key and CA files reloaded" in nb.log_text(),
+        h.wait_until(lambda: "certificate, key, CA and ticket key files reloaded" in nb.log_text(),
                      what="reload logged")
         h.check_eq(server_cn(port), "relaymq-test-server-2", "certificate after the reload")
         # The connection opened before the reload carries on.
