@@ -74,7 +74,6 @@ struct tls_conn {
     int deferred_errno;
 };
 
-
 /* The oldest queued OpenSSL error as text, the queue then cleared. */
 static void
 openssl_reason(char *buf, size_t size)
