@@ -28,6 +28,9 @@
 #                     (a self-signed EC P-256 certificate made per run,
 #                     TLS 1.3) and the load generator runs with --tls:
 #                     --brokers relaymq-tls,mosquitto-tls;
+#                     relaymq-tickets-tls is relaymq-tls sending two TLS 1.3
+#                     session tickets per handshake (--tls-session-tickets
+#                     2), as OpenSSL and so Mosquitto do by default;
 #                     relaymq-cross and relaymq-cluster start a redis-server
 #                     and two nodes b1, b2: relaymq-cross puts the
 #                     subscribers on b2 (publishers on b1), relaymq-cluster
@@ -143,13 +146,14 @@ WARMUP=1
 want_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
 want_relaymq() {
     want_broker relaymq || want_broker relaymq-redis || want_broker relaymq-tls ||
-        want_broker relaymq-cross || want_broker relaymq-cluster || want_broker relaymq-reuseport
+        want_broker relaymq-tickets-tls || want_broker relaymq-cross || want_broker relaymq-cluster || want_broker relaymq-reuseport
 }
 broker_label() {
     case "$1" in
     relaymq) echo RelayMQ ;;
     relaymq-redis) echo "RelayMQ+Redis" ;;
     relaymq-tls) echo "RelayMQ/TLS" ;;
+    relaymq-tickets-tls) echo "RelayMQ/TLS+tickets" ;;
     mosquitto-tls) echo "Mosquitto/TLS" ;;
     relaymq-cross) echo "cross-node" ;;
     relaymq-cluster) echo "same-node" ;;
@@ -166,9 +170,9 @@ check_brokers() {
     [ "$BROKER_A" != "$BROKER_B" ] || die "--brokers names the same broker twice"
     for b in $BROKER_A $BROKER_B; do
         case "$b" in
-        relaymq | relaymq-redis | mosquitto | relaymq-tls | mosquitto-tls) ;;
+        relaymq | relaymq-redis | mosquitto | relaymq-tls | relaymq-tickets-tls | mosquitto-tls) ;;
         relaymq-cross | relaymq-cluster | relaymq-reuseport) ;;
-        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, mosquitto-tls, relaymq-cross, relaymq-cluster, relaymq-reuseport)" ;;
+        *) die "unknown broker $b (relaymq, relaymq-redis, mosquitto, relaymq-tls, relaymq-tickets-tls, mosquitto-tls, relaymq-cross, relaymq-cluster, relaymq-reuseport)" ;;
         esac
     done
 }
@@ -434,7 +438,7 @@ mkdir -p "$OUT"
 RAW="$OUT/results.txt"
 : >"$RAW"
 # The TLS brokers share one throw-away certificate.
-if want_broker relaymq-tls || want_broker mosquitto-tls; then
+if want_broker relaymq-tls || want_broker relaymq-tickets-tls || want_broker mosquitto-tls; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
         -subj /CN=127.0.0.1 -keyout "$OUT/tls.key" -out "$OUT/tls.crt" >/dev/null 2>&1 ||
         die "openssl could not make the benchmark certificate"
@@ -582,9 +586,11 @@ start_broker() {
             --http "127.0.0.1:$http1" --internal "127.0.0.1:$int1" \
             --redis "redis://127.0.0.1:$REDIS_PORT" --node-id b1 >"$log" 2>&1 &
         ;;
-    relaymq-tls)
+    relaymq-tls | relaymq-tickets-tls)
+        local tickets=0
+        [ "$name" = relaymq-tickets-tls ] && tickets=2
         "$RELAYMQ" --listen "tls://127.0.0.1:$port" --tls-cert "$OUT/tls.crt" \
-            --tls-key "$OUT/tls.key" --allow-anonymous true \
+            --tls-key "$OUT/tls.key" --tls-session-tickets "$tickets" --allow-anonymous true \
             --http "127.0.0.1:$http1" >"$log" 2>&1 &
         ;;
     mosquitto-tls)
