@@ -724,7 +724,11 @@ test_match_cache(void **state)
     expect_hits(tree, name, many, many_qos, 9);
 
     /* Topics around the longest an entry holds (96 bytes), each with a
-     * subscriber of its own: a prefix never answers for a longer name. */
+     * subscriber of its own: a prefix never answers for a longer name, and
+     * a name up to 96 bytes matched twice in a row is replayed the second
+     * time. (Not "every one of them replayed in the second round": slots
+     * come from a hash seeded per tree, so two of these names may share a
+     * slot and evict each other, in about one run in twelve.) */
     memcpy(name, "n/", 2);
     for (size_t len = 90; len <= 100; len++) {
         char c = name[len];
@@ -736,9 +740,10 @@ test_match_cache(void **state)
         for (size_t len = 90; len <= 100; len++) {
             char c = name[len];
             name[len] = '\0';
+            expect_hits(tree, name, (size_t[]){100 + len}, (uint8_t[]){1}, 1);
             hits = topic_tree_cache_hits(tree);
             expect_hits(tree, name, (size_t[]){100 + len}, (uint8_t[]){1}, 1);
-            assert_int_equal(topic_tree_cache_hits(tree), hits + (round == 1 && len <= 96));
+            assert_int_equal(topic_tree_cache_hits(tree), hits + (len <= 96));
             name[len] = c;
         }
     }
