@@ -205,6 +205,24 @@ set_resumption(SSL_CTX *ctx, unsigned tickets)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
+/* Adds the bytes of the file at path to md: 0, or an errno value. */
+static int
+digest_file(EVP_MD_CTX *md, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno;
+    unsigned char buf[4096];
+    size_t n;
+    int e = 0;
+    while (!e && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+        e = EVP_DigestUpdate(md, buf, n) == 1 ? 0 : ENOMEM;
+    if (!e && ferror(f))
+        e = errno ? errno : EIO;
+    fclose(f);
+    return e;
+}
+
 /* The session id context: a session (ticket or cache entry) resumes only
  * where it is the same. It is a SHA-256 over what decides which client
  * certificates a listener admits (required or not, CN as username, the CA
@@ -215,29 +233,17 @@ set_resumption(SSL_CTX *ctx, unsigned tickets)
 static bool
 set_session_context(SSL_CTX *ctx, const struct listener_tls *cfg, char *err, size_t errlen)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char sid[32], flags[3] = {'r', cfg->require_certificate, cfg->use_identity_as_username};
     unsigned len = 0;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
     bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
               EVP_DigestUpdate(md, flags, sizeof(flags)) == 1;
-    FILE *f = ok && cfg->ca_file ? fopen(cfg->ca_file, "rb") : NULL;
-    if (ok && cfg->ca_file && !f) {
-        snprintf(err, errlen, "cannot read CA file %s: %s", cfg->ca_file, strerror(errno));
+    int e = ok && cfg->ca_file ? digest_file(md, cfg->ca_file) : 0;
+    if (e) {
+        snprintf(err, errlen, "cannot read CA file %s: %s", cfg->ca_file, strerror(e));
         EVP_MD_CTX_free(md);
         return false;
     }
-    unsigned char buf[4096];
-    size_t n;
-    while (ok && f && (n = fread(buf, 1, sizeof(buf), f)) > 0)
-        ok = EVP_DigestUpdate(md, buf, n) == 1;
-    if (f && ferror(f)) {
-        snprintf(err, errlen, "cannot read CA file %s", cfg->ca_file);
-        fclose(f);
-        EVP_MD_CTX_free(md);
-        return false;
-    }
-    if (f)
-        fclose(f);
     ok = ok && EVP_DigestFinal_ex(md, sid, &len) == 1 && len == sizeof(sid) &&
          SSL_CTX_set_session_id_context(ctx, sid, len) == 1;
     EVP_MD_CTX_free(md);
@@ -270,8 +276,8 @@ load_ticket_key(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "cannot read ticket key file %s: %s", path, strerror(read_errno));
     else if (!ok)
         snprintf(err, errlen,
-                 "ticket key file %s must hold exactly %d bytes (head -c %d /dev/urandom), "
-                 "not %s%zu",
+                 "ticket key file %s must hold exactly %d bytes (head -c %d /dev/urandom); "
+                 "it holds %s%zu",
                  path, TICKET_KEY_BYTES, TICKET_KEY_BYTES, n > TICKET_KEY_BYTES ? "more than " : "",
                  n > TICKET_KEY_BYTES ? (size_t)TICKET_KEY_BYTES : n);
     else if (SSL_CTX_set_tlsext_ticket_keys(ctx, key, TICKET_KEY_BYTES) != 1) {
